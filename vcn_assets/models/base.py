@@ -1,0 +1,124 @@
+"""The small interface every face-model backend implements.
+
+Usage::
+
+    from vcn_assets.models import build_models
+    models = build_models("auto")
+    dets = models.detector.detect(frame_bgr)          # Detections, boxes in pixels
+    crops = align_faces(frame_bgr, dets.kps, models.embedder.alignment)
+    emb = models.embedder.embed(crops)                # (N, D) float32
+
+Array contracts: boxes are ``xyxy`` pixel corners (x2/y2 exclusive), landmarks ``kps`` are
+five (x, y) points in the ArcFace order (left eye, right eye, nose tip, left mouth corner,
+right mouth corner; "left" = image left), images are BGR ``uint8``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Faces found in one frame: ``xyxy`` (N, 4), ``score`` (N,), ``kps`` (N, 5, 2), float32."""
+
+    xyxy: NDArray[np.float32]
+    score: NDArray[np.float32]
+    kps: NDArray[np.float32]
+
+    def __post_init__(self) -> None:
+        n = self.xyxy.shape[0]
+        if self.xyxy.shape != (n, 4):
+            raise ValueError(f"xyxy must be (N, 4), got {self.xyxy.shape}")
+        if self.score.shape != (n,):
+            raise ValueError(f"score must be ({n},), got {self.score.shape}")
+        if self.kps.shape != (n, 5, 2):
+            raise ValueError(f"kps must be ({n}, 5, 2), got {self.kps.shape}")
+
+    @classmethod
+    def empty(cls) -> Detections:
+        return cls(
+            np.zeros((0, 4), np.float32), np.zeros((0,), np.float32), np.zeros((0, 5, 2), np.float32)
+        )
+
+    def __len__(self) -> int:
+        return int(self.xyxy.shape[0])
+
+    def select(self, keep: NDArray[np.bool_] | NDArray[np.int64]) -> Detections:
+        return Detections(self.xyxy[keep], self.score[keep], self.kps[keep])
+
+
+@dataclass(frozen=True)
+class AlignmentSpec:
+    """Where an embedder wants the five landmarks in its square input crop of ``size`` pixels."""
+
+    size: int
+    template: NDArray[np.float32]  # (5, 2) pixel coordinates inside the crop
+
+    def __post_init__(self) -> None:
+        if self.template.shape != (5, 2):
+            raise ValueError(f"template must be (5, 2), got {self.template.shape}")
+
+
+# The standard ArcFace 112x112 five-point template (insightface utils/face_align.py).
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float32,
+)
+ARCFACE_ALIGNMENT = AlignmentSpec(112, ARCFACE_TEMPLATE_112)
+
+
+@runtime_checkable
+class FaceDetector(Protocol):
+    """Finds faces with five landmarks in one BGR frame."""
+
+    def detect(self, frame_bgr: NDArray[np.uint8]) -> Detections: ...
+
+
+@runtime_checkable
+class FaceEmbedder(Protocol):
+    """Maps aligned crops (N, size, size, 3) BGR uint8 to identity embeddings (N, dim) float32."""
+
+    dim: int
+    alignment: AlignmentSpec
+
+    def embed(self, aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]: ...
+
+
+@runtime_checkable
+class StochasticEmbedder(Protocol):
+    """Optional capability for SER-FIQ: T stochastic embeddings per crop, (N, T, dim) float32.
+
+    What is stochastic is backend-specific (dropout in the head for ArcFace; input perturbations
+    for dlib) and must be documented by the backend in ``quality_method``.
+    """
+
+    quality_method: str
+
+    def embed_stochastic(
+        self, aligned_bgr: NDArray[np.uint8], n_samples: int, rng: np.random.Generator
+    ) -> NDArray[np.float32]: ...
+
+
+@dataclass(frozen=True)
+class FaceModels:
+    """A resolved backend: the detector, the embedder and what identifies them (for lineage)."""
+
+    backend: str
+    detector: FaceDetector
+    embedder: FaceEmbedder
+    identity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stochastic(self) -> StochasticEmbedder | None:
+        return self.embedder if isinstance(self.embedder, StochasticEmbedder) else None
