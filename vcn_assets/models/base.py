@@ -97,17 +97,19 @@ class FaceEmbedder(Protocol):
 
 @runtime_checkable
 class StochasticEmbedder(Protocol):
-    """Optional capability for SER-FIQ: T stochastic embeddings per crop, (N, T, dim) float32.
+    """Optional capability for SER-FIQ quality: embeddings plus T stochastic samples per crop.
 
-    What is stochastic is backend-specific (dropout in the head for ArcFace; input perturbations
-    for dlib) and must be documented by the backend in ``quality_method``.
+    ``embed_with_samples`` returns ``(embeddings (N, D), samples (N, T, D))`` float32 in one go so
+    that backends can share work (ArcFace runs its trunk once for both). What is stochastic is
+    backend-specific (dropout in the head for ArcFace; input perturbations for dlib) and is stated
+    in ``quality_method``.
     """
 
     quality_method: str
 
-    def embed_stochastic(
+    def embed_with_samples(
         self, aligned_bgr: NDArray[np.uint8], n_samples: int, rng: np.random.Generator
-    ) -> NDArray[np.float32]: ...
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]: ...
 
 
 @dataclass(frozen=True)

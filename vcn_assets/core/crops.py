@@ -1,0 +1,186 @@
+"""Stage 1's crop stage: sampling, alignment, filters, embeddings, SER-FIQ quality, outliers.
+
+Usage::
+
+    crops = extract_crops(info, boxes, models, CropConfig())   # Crops, one row per kept crop
+    tracks = summarise_tracks(boxes, crops, CropConfig())      # TrackSummary: quality, status, rep
+
+Per track, a crop is sampled every ``crop_interval`` frames among frames where the detector ran
+(interpolated landmarks are not precise enough to align), capped at ``max_crops_per_track``.
+The slides' filters then drop faces that are too small, beyond the K largest of their frame, or
+blurry. Tracks whose mean quality is a low-side MAD outlier are ``unknown`` (kept, excluded from
+clustering); tracks with no crop left are ``no_crops``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.typing import NDArray
+
+from vcn_assets.core.align import align_faces
+from vcn_assets.core.config import CropConfig
+from vcn_assets.core.quality import frontalness, mad_outliers, serfiq_quality, sharpness
+from vcn_assets.core.tracking import TrackBoxes
+from vcn_assets.core.video import VideoInfo, iter_frames
+from vcn_assets.models.base import ARCFACE_ALIGNMENT, FaceModels
+
+log = logging.getLogger(__name__)
+
+VALID, UNKNOWN, NO_CROPS = "valid", "unknown", "no_crops"
+
+
+@dataclass(frozen=True)
+class Crops:
+    """Kept crops: ``track_id``, ``frame_idx`` (C,), ``xyxy`` (C, 4), ``embedding`` (C, D),
+    ``quality``, ``sharpness``, ``frontal`` (C,) and ``jpeg`` (C JPEG-encoded 112x112 ArcFace-aligned
+    BGR crops, for display)."""
+
+    track_id: NDArray[np.int64]
+    frame_idx: NDArray[np.int64]
+    xyxy: NDArray[np.float32]
+    embedding: NDArray[np.float32]
+    quality: NDArray[np.float32]
+    sharpness: NDArray[np.float32]
+    frontal: NDArray[np.float32]
+    jpeg: list[bytes]
+
+    def __len__(self) -> int:
+        return len(self.track_id)
+
+
+@dataclass(frozen=True)
+class TrackSummary:
+    """Per track: ``track_id``, ``n_crops``, ``quality`` (mean SER-FIQ, NaN without crops), ``status``
+    (valid / unknown / no_crops) and ``rep_crop`` (row of its representative crop in Crops, or -1)."""
+
+    track_id: NDArray[np.int64]
+    n_crops: NDArray[np.int64]
+    quality: NDArray[np.float32]
+    status: NDArray[np.str_]
+    rep_crop: NDArray[np.int64]
+
+
+def sample_rows(boxes: TrackBoxes, cfg: CropConfig) -> NDArray[np.int64]:
+    """Rows of ``boxes`` to crop: detected frames, >= crop_interval apart, capped per track."""
+    picked: list[int] = []
+    for tid in np.unique(boxes.track_id):
+        rows = np.flatnonzero((boxes.track_id == tid) & boxes.detected)
+        chosen, last = [], -(10**9)
+        for r in rows:
+            if boxes.frame_idx[r] - last >= cfg.crop_interval:
+                chosen.append(r)
+                last = boxes.frame_idx[r]
+        if len(chosen) > cfg.max_crops_per_track:
+            idx = np.linspace(0, len(chosen) - 1, cfg.max_crops_per_track).round().astype(int)
+            chosen = [chosen[i] for i in idx]
+        picked += chosen
+    return np.asarray(sorted(picked, key=lambda r: (boxes.frame_idx[r], r)), np.int64)
+
+
+def size_filter(boxes: TrackBoxes, rows: NDArray[np.int64], cfg: CropConfig) -> NDArray[np.int64]:
+    """Drop rows whose face is below ``min_face_px`` or not among the K largest of its frame."""
+    wh = boxes.xyxy[:, 2:] - boxes.xyxy[:, :2]
+    side = np.sqrt(np.clip(wh[:, 0] * wh[:, 1], 0, None))
+    keep = []
+    for r in rows:
+        same = boxes.frame_idx == boxes.frame_idx[r]
+        rank = int((side[same] > side[r]).sum())
+        if side[r] >= cfg.min_face_px and rank < cfg.top_k_per_frame:
+            keep.append(r)
+    return np.asarray(keep, np.int64)
+
+
+def _frames_with_rows(
+    info: VideoInfo, boxes: TrackBoxes, rows: NDArray[np.int64]
+) -> Iterator[tuple[NDArray[np.uint8], NDArray[np.int64]]]:
+    frames = boxes.frame_idx[rows]
+    for frame_idx, frame_bgr in iter_frames(info.path, frames=set(frames.tolist())):
+        yield frame_bgr, rows[frames == frame_idx]
+
+
+def extract_crops(info: VideoInfo, boxes: TrackBoxes, models: FaceModels, cfg: CropConfig) -> Crops:
+    """Align, filter, embed and score the sampled crops of every track (one streaming decode)."""
+    rows = size_filter(boxes, sample_rows(boxes, cfg), cfg)
+    kept: list[NDArray[np.int64]] = []
+    shown: list[NDArray[np.uint8]] = []
+    sharp: list[NDArray[np.float32]] = []
+    batch: list[NDArray[np.uint8]] = []
+    results: list[tuple[NDArray[np.float32], NDArray[np.float32]]] = []
+    rng = np.random.default_rng(cfg.seed)
+    for frame_bgr, frame_rows in _frames_with_rows(info, boxes, rows):
+        disp = align_faces(frame_bgr, boxes.kps[frame_rows], ARCFACE_ALIGNMENT)
+        s = sharpness(disp)
+        ok = s >= cfg.min_sharpness
+        kept.append(frame_rows[ok])
+        shown.append(disp[ok])
+        sharp.append(s[ok])
+        batch.append(align_faces(frame_bgr, boxes.kps[frame_rows[ok]], models.embedder.alignment))
+        if sum(len(b) for b in batch) >= 64:
+            results.append(_embed(models, np.concatenate(batch), cfg, rng))
+            batch = []
+    if batch:
+        results.append(_embed(models, np.concatenate(batch), cfg, rng))
+    return _assemble(boxes, kept, shown, sharp, results, models.embedder.dim, cfg)
+
+
+def _embed(
+    models: FaceModels, chips: NDArray[np.uint8], cfg: CropConfig, rng: np.random.Generator
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    stochastic = models.stochastic
+    if stochastic is None:
+        raise ValueError(f"backend {models.backend!r} has no stochastic embedding: SER-FIQ quality needs one")
+    emb, samples = stochastic.embed_with_samples(chips, cfg.quality_samples, rng)
+    return emb, serfiq_quality(samples) if len(emb) else np.zeros(0, np.float32)
+
+
+def _assemble(
+    boxes: TrackBoxes,
+    kept: list[NDArray[np.int64]],
+    shown: list[NDArray[np.uint8]],
+    sharp: list[NDArray[np.float32]],
+    results: list[tuple[NDArray[np.float32], NDArray[np.float32]]],
+    dim: int,
+    cfg: CropConfig,
+) -> Crops:
+    rows = np.concatenate(kept) if kept else np.zeros(0, np.int64)
+    images = np.concatenate(shown) if shown else np.zeros((0, 112, 112, 3), np.uint8)
+    emb = np.concatenate([r[0] for r in results]) if results else np.zeros((0, dim), np.float32)
+    qual = np.concatenate([r[1] for r in results]) if results else np.zeros(0, np.float32)
+    params = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality]
+    jpeg = [cv2.imencode(".jpg", im, params)[1].tobytes() for im in images]
+    order = np.lexsort((boxes.frame_idx[rows], boxes.track_id[rows]))
+    return Crops(
+        track_id=boxes.track_id[rows][order],
+        frame_idx=boxes.frame_idx[rows][order],
+        xyxy=boxes.xyxy[rows][order],
+        embedding=emb[order].astype(np.float32),
+        quality=qual[order].astype(np.float32),
+        sharpness=(np.concatenate(sharp) if sharp else np.zeros(0, np.float32))[order],
+        frontal=frontalness(boxes.kps[rows][order]),
+        jpeg=[jpeg[i] for i in order],
+    )
+
+
+def summarise_tracks(boxes: TrackBoxes, crops: Crops, cfg: CropConfig) -> TrackSummary:
+    """Track quality (mean crop quality), MAD outliers -> ``unknown``, and representative crops."""
+    track_ids = np.unique(boxes.track_id)
+    n = np.array([(crops.track_id == t).sum() for t in track_ids], np.int64)
+    quality = np.array(
+        [crops.quality[crops.track_id == t].mean() if k else np.nan for t, k in zip(track_ids, n)], np.float32
+    )
+    status = np.where(n > 0, VALID, NO_CROPS).astype("<U8")
+    has = n > 0
+    outlier = mad_outliers(quality[has], cfg.mad_k, cfg.mad_min_tracks)
+    status[np.flatnonzero(has)[outlier]] = UNKNOWN
+    rep = np.full(len(track_ids), -1, np.int64)
+    score = crops.frontal * crops.quality
+    for i, t in enumerate(track_ids):
+        idx = np.flatnonzero(crops.track_id == t)
+        if len(idx):
+            rep[i] = idx[np.argmax(score[idx])]
+    return TrackSummary(track_ids.astype(np.int64), n, quality, status, rep)

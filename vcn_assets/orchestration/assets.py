@@ -1,0 +1,111 @@
+"""Stage 1 as per-movie assets: ``movie_file`` (observed) -> ``shots`` -> ``tracks`` -> ``crops``.
+
+Each asset reads its inputs from the DuckDB store, makes one core call, replaces the movie's rows
+in one transaction, and returns metadata plus a data version (a content hash of what it wrote).
+"""
+
+
+import numpy as np
+import dagster as dg
+
+from vcn_assets.core.config import CropConfig, ShotConfig, TrackConfig, VideoConfig, describe
+from vcn_assets.core.crops import UNKNOWN, VALID, extract_crops, summarise_tracks
+from vcn_assets.core.shots import detect_shots
+from vcn_assets.core.tracking import track_faces
+from vcn_assets.core.video import VideoInfo, content_hash, probe
+from vcn_assets.orchestration.partitions import MOVIES
+from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
+from vcn_assets.store import tables
+
+ShotsRun = config_class(ShotConfig)
+TracksRun = config_class(TrackConfig)
+CropsRun = config_class(CropConfig)
+
+STAGE1 = "stage1_frontend"
+
+
+def _info_from_store(vcn: VcnResource, key: str) -> VideoInfo:
+    df = vcn.store().read("movies", key)
+    if df.height == 0:
+        raise ValueError(f"movie {key!r} has no probe record: materialise `shots` first")
+    row = df.row(0, named=True)
+    path = vcn.movie_path(key)
+    return VideoInfo(path, row["fps"], row["n_frames"], row["width"], row["height"], row["codec"])
+
+
+def _result(frames: dict, metadata: dict) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        metadata=metadata, data_version=dg.DataVersion(tables.data_version(frames))
+    )
+
+
+@dg.observable_source_asset(partitions_def=MOVIES, group_name=STAGE1, description="A movie file in the movies folder.")
+def movie_file(context: dg.OpExecutionContext, vcn: VcnResource) -> dg.DataVersionsByPartition:
+    """Data version = sha256 of the file's bytes, observed per partition."""
+    keys = [context.partition_key] if context.has_partition_key else context.instance.get_dynamic_partitions("movies")
+    versions = {}
+    for key in keys:
+        path = vcn.movie_path(key)
+        versions[key] = dg.DataVersion(content_hash(path))
+    return dg.DataVersionsByPartition(versions)
+
+
+@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[movie_file], code_version="shots-1")
+def shots(context: dg.AssetExecutionContext, config: ShotsRun, vcn: VcnResource) -> dg.MaterializeResult:
+    """Cut detection (PySceneDetect) over the whole movie; also records the movie's probe."""
+    key = context.partition_key
+    path = vcn.movie_path(key)
+    info = probe(path, VideoConfig().min_frames)
+    cfg = to_core(config, ShotConfig)
+    found = detect_shots(info, cfg)
+    frames = {
+        "movies": tables.movie_frame(key, info, content_hash(path)),
+        "shots": tables.shots_frame(key, found),
+    }
+    vcn.store().replace(key, frames)
+    lengths = (found.end_frame - found.start_frame + 1) / info.fps
+    return _result(frames, {
+        "path": dg.MetadataValue.path(str(path)), "fps": info.fps, "n_frames": info.n_frames,
+        "size": f"{info.width}x{info.height}", "duration_s": round(info.duration_s, 3),
+        "n_shots": len(found), "median_shot_s": float(np.median(lengths)), "config": describe(cfg),
+    })
+
+
+@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[shots], code_version="tracks-1")
+def tracks(context: dg.AssetExecutionContext, config: TracksRun, vcn: VcnResource) -> dg.MaterializeResult:
+    """Face detection on a frame stride + IoU/appearance Hungarian tracking within shots."""
+    key = context.partition_key
+    cfg = to_core(config, TrackConfig)
+    info = _info_from_store(vcn, key)
+    found_shots = tables.shots_from(vcn.store().read("shots", key))
+    models = vcn.models(cfg.min_face_px, cfg.min_score)
+    boxes = track_faces(info, found_shots, models.detector, cfg)
+    frames = {
+        "track_boxes": tables.boxes_frame(key, boxes),
+        "tracks": tables.tracks_frame(key, boxes, found_shots),
+    }
+    vcn.store().replace(key, frames)
+    return _result(frames, {
+        "n_tracks": boxes.n_tracks, "n_boxes": len(boxes), "n_detections": int(boxes.detected.sum()),
+        "backend": models.backend, "models": models.identity, "config": describe(cfg),
+    })
+
+
+@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[tracks], code_version="crops-1")
+def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource) -> dg.MaterializeResult:
+    """Sampled, aligned, filtered crops with embeddings and SER-FIQ quality; outlier tracks unknown."""
+    key = context.partition_key
+    cfg = to_core(config, CropConfig)
+    info = _info_from_store(vcn, key)
+    boxes = tables.boxes_from(vcn.store().read("track_boxes", key))
+    models = vcn.models(TrackConfig().min_face_px, TrackConfig().min_score)
+    found = extract_crops(info, boxes, models, cfg)
+    summary = summarise_tracks(boxes, found, cfg)
+    frames = {"crops": tables.crops_frame(key, found), "track_quality": tables.quality_frame(key, summary)}
+    vcn.store().replace(key, frames)
+    status = summary.status.tolist()
+    return _result(frames, {
+        "n_crops": len(found), "n_tracks_valid": status.count(VALID),
+        "n_tracks_unknown": status.count(UNKNOWN), "backend": models.backend,
+        "quality_method": getattr(models.embedder, "quality_method", ""), "config": describe(cfg),
+    })

@@ -1,0 +1,79 @@
+"""The project resource: where data lives, the store, and the face models (built once per process).
+
+Usage::
+
+    vcn = VcnResource(data_dir="data")
+    vcn.movie_path("ep1"); vcn.store(); vcn.models()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pydantic
+
+from vcn_assets.core.config import ModelConfig
+from vcn_assets.models.base import FaceModels
+from vcn_assets.models.registry import build_models
+from vcn_assets.orchestration.partitions import resolve_movie
+from vcn_assets.store.db import Store
+
+
+def default_data_dir() -> str:
+    return os.environ.get("VCN_DATA_DIR", "data")
+
+
+class VcnResource(dg.ConfigurableResource):
+    """Paths and face models shared by all assets."""
+
+    data_dir: str = pydantic.Field(default="", description="Root of all project data; empty = $VCN_DATA_DIR or ./data.")
+    movies_dir: str = pydantic.Field(default="", description="Movie folder; empty = <data_dir>/movies.")
+    backend: str = pydantic.Field(default="auto", description="Face models: auto, insightface, dlib or fake.")
+    insightface_pack: str = pydantic.Field(default="", description="Local SCRFD+ArcFace model pack folder.")
+    device: str = pydantic.Field(default="auto", description="auto, cpu or cuda.")
+    num_threads: int = pydantic.Field(default=0, description="CPU threads for torch/ONNX; 0 = all.")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir or default_data_dir()).expanduser().resolve()
+
+    @property
+    def movies_path(self) -> Path:
+        return Path(self.movies_dir).expanduser().resolve() if self.movies_dir else self.data_path / "movies"
+
+    def store(self) -> Store:
+        return Store(self.data_path / "vcn.duckdb")
+
+    def movie_path(self, key: str) -> Path:
+        return resolve_movie(self.movies_path, key)
+
+    def face_model_config(self) -> ModelConfig:
+        return ModelConfig(self.backend, self.insightface_pack, self.device, self.num_threads)
+
+    def models(self, min_face_px: int, min_score: float) -> FaceModels:
+        return _cached_models(self.face_model_config(), min_face_px, min_score)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_models(cfg: ModelConfig, min_face_px: int, min_score: float) -> FaceModels:
+    return build_models(cfg, min_face_px, min_score)
+
+
+def config_class(core_cls: type) -> type[dg.Config]:
+    """A Dagster run-config class with the fields, defaults and docs of a core config dataclass."""
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(core_cls):
+        fields[f.name] = (f.type if not isinstance(f.type, str) else eval(f.type), pydantic.Field(  # noqa: S307
+            default=f.default, description=f.metadata.get("doc", "")
+        ))
+    return pydantic.create_model(f"{core_cls.__name__}Run", __base__=dg.Config, **fields)
+
+
+def to_core(config: dg.Config, core_cls: type) -> Any:
+    """The core dataclass for a run config made by :func:`config_class`."""
+    return core_cls(**config.model_dump())

@@ -1,0 +1,125 @@
+"""The DuckDB store: per-movie tables, replaced atomically per partition.
+
+Usage::
+
+    store = Store(Path("data/vcn.duckdb"))
+    store.replace("ep1", {"shots": shots_df})        # one transaction: old rows out, new rows in
+    df = store.read("shots", "ep1")                   # polars DataFrame
+
+Every write replaces one movie's rows of the given tables inside a single transaction, so a
+reader sees either the old result or the new one, never a mix; a failing write rolls back. All
+SQL is parameterised; table names come only from ``SCHEMA`` (never from user input).
+DuckDB admits one writing process per file: connections are short-lived and opening one retries
+while another process holds the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import polars as pl
+
+log = logging.getLogger(__name__)
+
+SCHEMA: dict[str, str] = {
+    "movies": """movie_key VARCHAR, path VARCHAR, sha256 VARCHAR, fps DOUBLE, n_frames INTEGER,
+        width INTEGER, height INTEGER, codec VARCHAR, duration_s DOUBLE""",
+    "shots": "movie_key VARCHAR, shot_idx INTEGER, start_frame INTEGER, end_frame INTEGER",
+    "track_boxes": """movie_key VARCHAR, track_id INTEGER, frame_idx INTEGER, x1 FLOAT, y1 FLOAT,
+        x2 FLOAT, y2 FLOAT, kps FLOAT[], score FLOAT, detected BOOLEAN""",
+    "tracks": """movie_key VARCHAR, track_id INTEGER, shot_idx INTEGER, start_frame INTEGER,
+        end_frame INTEGER, n_boxes INTEGER, n_detections INTEGER""",
+    "crops": """movie_key VARCHAR, crop_id INTEGER, track_id INTEGER, frame_idx INTEGER, x1 FLOAT,
+        y1 FLOAT, x2 FLOAT, y2 FLOAT, embedding FLOAT[], quality FLOAT, sharpness FLOAT,
+        frontal FLOAT, jpeg BLOB""",
+    "track_quality": """movie_key VARCHAR, track_id INTEGER, n_crops INTEGER, quality FLOAT,
+        status VARCHAR, rep_crop_id INTEGER""",
+}
+
+
+ORDER_BY: dict[str, str] = {
+    "movies": "movie_key",
+    "shots": "shot_idx",
+    "track_boxes": "track_id, frame_idx",
+    "tracks": "track_id",
+    "crops": "crop_id",
+    "track_quality": "track_id",
+}
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or written; the message names the file and what to do."""
+
+
+class Store:
+    def __init__(self, path: Path, lock_timeout_s: float = 120.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+
+    @contextmanager
+    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A short-lived connection; retries while another process holds the file lock."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise StoreError(f"{self.path}: cannot open the DuckDB store ({exc})") from exc
+                time.sleep(0.2)
+            except duckdb.Error as exc:
+                raise StoreError(
+                    f"{self.path}: not a usable DuckDB store ({exc}); move it aside and re-materialise"
+                ) from exc
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        for table, cols in SCHEMA.items():
+            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+
+    def replace(self, movie_key: str, frames: dict[str, pl.DataFrame]) -> None:
+        """Atomically replace ``movie_key``'s rows in each named table with ``frames``."""
+        for table in frames:
+            if table not in SCHEMA:
+                raise ValueError(f"unknown table {table!r}")
+        with self.connect() as con:
+            self.ensure_schema(con)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for table, df in frames.items():
+                    con.execute(f"DELETE FROM {table} WHERE movie_key = ?", [movie_key])
+                    if df.height:
+                        con.register("incoming", df.to_arrow())
+                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
+                        con.unregister("incoming")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def read(self, table: str, movie_key: str) -> pl.DataFrame:
+        """One movie's rows of ``table`` (an empty frame when none were written)."""
+        if table not in SCHEMA:
+            raise ValueError(f"unknown table {table!r}")
+        with self.connect(read_only=True) as con:
+            exists = con.execute(
+                "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
+            ).fetchone()[0]
+            if not exists:
+                return pl.DataFrame()
+            return con.execute(
+                f"SELECT * FROM {table} WHERE movie_key = ? ORDER BY {ORDER_BY[table]}", [movie_key]
+            ).pl()
+
+    def count(self, table: str, movie_key: str) -> int:
+        return self.read(table, movie_key).height
