@@ -13,4 +13,6 @@ defs = dg.Definitions(
     jobs=[vcn_pipeline],
     sensors=[new_movies_sensor],
     resources={"vcn": VcnResource()},
+    # One process per run: the stages of a movie form a chain and the face models stay loaded.
+    executor=dg.in_process_executor,
 )

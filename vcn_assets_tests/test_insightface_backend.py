@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from pathlib import Path
 
 import cv2
@@ -63,7 +64,10 @@ def _scrfd_head(kind: str, width: int, stride: int) -> tuple[list, list, onnx.Va
     conv_out = f"{name}_conv"
     nodes = [
         helper.make_node(
-            "Conv", ["input.1", f"{name}_w", f"{name}_b"], [conv_out], kernel_shape=[stride, stride],
+            "Conv",
+            ["input.1", f"{name}_w", f"{name}_b"],
+            [conv_out],
+            kernel_shape=[stride, stride],
             strides=[stride, stride],
         )
     ]
@@ -98,24 +102,34 @@ def make_tiny_arcface_torch(path: Path) -> Path:
         torch.nn.Conv2d(3, 4, 3, stride=4, padding=1),
         torch.nn.BatchNorm2d(4),
         torch.nn.Flatten(),
+        torch.nn.Dropout(0.4),  # as in insightface's iresnet; the export drops it in eval mode
         torch.nn.Linear(FEATURE_DIM, 512),
         torch.nn.BatchNorm1d(512),
     )
     with torch.no_grad():
-        for bn in (net[1], net[4]):
+        for bn in (net[1], net[5]):
             bn.weight.uniform_(0.5, 1.5)
             bn.bias.normal_()
             bn.running_mean.normal_(0.0, 0.1)
             bn.running_var.uniform_(0.5, 2.0)
-    torch.onnx.export(
-        net.eval(), torch.zeros(2, 3, 112, 112), str(path), dynamo=False, input_names=["input.1"],
-        output_names=["fc1"], dynamic_axes={"input.1": {0: "N"}, "fc1": {0: "N"}},
-    )
+    with warnings.catch_warnings():  # the legacy exporter's deprecation notice
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            net.eval(),
+            torch.zeros(2, 3, 112, 112),
+            str(path),
+            dynamo=False,
+            input_names=["input.1"],
+            output_names=["fc1"],
+            dynamic_axes={"input.1": {0: "N"}, "fc1": {0: "N"}},
+        )
     return path
 
 
-def make_tiny_arcface_matmul(path: Path, with_bn: bool = True, tail_op: str | None = None) -> Path:
-    """Flatten -> MatMul + Add (bias from a Constant) -> [BatchNormalization (a param via Identity)].
+def make_tiny_arcface_matmul(path: Path, bn: str = "2d", tail_op: str | None = None) -> Path:
+    """Flatten -> MatMul + Add (bias from a Constant) -> BatchNormalization ("2d"), the same wrapped
+    in Unsqueeze/Squeeze ("3d") or none (""). One BatchNormalization parameter comes through an
+    Identity node, as the PyTorch exporter writes deduplicated initializers.
 
     ``tail_op`` appends e.g. a Relu after the head, which makes the graph unsplittable.
     """
@@ -138,8 +152,18 @@ def make_tiny_arcface_matmul(path: Path, with_bn: bool = True, tail_op: str | No
         helper.make_node("Identity", ["var"], ["var_copy"]),
     ]
     last = "fc"
-    if with_bn:
-        nodes.append(helper.make_node("BatchNormalization", ["fc", "gamma", "beta", "mean", "var_copy"], ["bn"]))
+    if bn == "2d":
+        nodes.append(
+            helper.make_node("BatchNormalization", ["fc", "gamma", "beta", "mean", "var_copy"], ["bn"])
+        )
+        last = "bn"
+    elif bn == "3d":  # as some exporters write BatchNorm1d: Unsqueeze -> BatchNormalization -> Squeeze
+        inits.append(numpy_helper.from_array(np.array([2], np.int64), "axis2"))
+        nodes += [
+            helper.make_node("Unsqueeze", ["fc", "axis2"], ["fc3d"]),
+            helper.make_node("BatchNormalization", ["fc3d", "gamma", "beta", "mean", "var_copy"], ["bn3d"]),
+            helper.make_node("Squeeze", ["bn3d", "axis2"], ["bn"]),
+        ]
         last = "bn"
     if tail_op:
         nodes.append(helper.make_node(tail_op, [last], ["tail"]))
@@ -163,7 +187,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def detector(models_dir: Path) -> InsightFaceDetector:
-    return InsightFaceDetector(InsightFaceConfig(providers=CPU, num_threads=1), model_path=models_dir / "det_10g.onnx")
+    return InsightFaceDetector(
+        InsightFaceConfig(providers=CPU, num_threads=1), model_path=models_dir / "det_10g.onnx"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -236,9 +262,16 @@ def test_find_pack_defaults_skip_empty_folders(no_env: Path) -> None:
     assert find_pack() == no_env / "models" / "buffalo_l"
 
 
+def test_find_pack_nested_antelopev2(no_env: Path) -> None:
+    nested = _touch(no_env / "models" / "antelopev2" / "antelopev2", "scrfd_10g_bnkps.onnx", "glintr100.onnx")
+    assert find_pack() == nested
+
+
 def test_ambiguous_detector_is_an_error(tmp_path: Path, no_env: Path) -> None:
     pack = _touch(tmp_path / "p", "det_10g.onnx", "scrfd_500m.onnx", "w600k_r50.onnx", "2d106det.onnx")
-    with pytest.raises(ValueError, match=r"ambiguous detector.*det_10g\.onnx.*scrfd_500m\.onnx.*detector_file"):
+    with pytest.raises(
+        ValueError, match=r"ambiguous detector.*det_10g\.onnx.*scrfd_500m\.onnx.*detector_file"
+    ):
         resolve_model_files(InsightFaceConfig(pack_dir=pack))
     det, _ = resolve_model_files(InsightFaceConfig(pack_dir=pack, detector_file="scrfd_500m.onnx"))
     assert det.name == "scrfd_500m.onnx"
@@ -295,7 +328,13 @@ def test_detector_rejects_bad_frames_and_models(detector: InsightFaceDetector, m
 
 @pytest.mark.parametrize(
     "bad",
-    [{"det_size": 100}, {"det_threshold": 1.5}, {"serfiq_dropout": 1.0}, {"batch_size": 0}, {"providers": ()}],
+    [
+        {"det_size": 100},
+        {"det_threshold": 1.5},
+        {"serfiq_dropout": 1.0},
+        {"batch_size": 0},
+        {"providers": ()},
+    ],
     ids=["det_size", "threshold", "dropout", "batch", "providers"],
 )
 def test_config_validation(bad: dict) -> None:
@@ -324,16 +363,18 @@ def test_embed_equals_full_graph(embedder: ArcFaceEmbedder, models_dir: Path, cr
 
 def test_embed_empty(embedder: ArcFaceEmbedder) -> None:
     assert embedder.embed(np.zeros((0, 112, 112, 3), np.uint8)).shape == (0, 512)
-    assert embedder.embed_stochastic(np.zeros((0, 112, 112, 3), np.uint8), 3, np.random.default_rng()).shape == (
+    assert embedder.embed_stochastic(
+        np.zeros((0, 112, 112, 3), np.uint8), 3, np.random.default_rng()
+    ).shape == (
         0,
         3,
         512,
     )
 
 
-@pytest.mark.parametrize("with_bn", [True, False], ids=["bn", "no-bn"])
-def test_matmul_add_head_equals_full_graph(tmp_path: Path, crops: np.ndarray, with_bn: bool) -> None:
-    path = make_tiny_arcface_matmul(tmp_path / "arcface_mm.onnx", with_bn=with_bn)
+@pytest.mark.parametrize("bn", ["2d", "3d", ""], ids=["bn", "bn-unsqueezed", "no-bn"])
+def test_matmul_add_head_equals_full_graph(tmp_path: Path, crops: np.ndarray, bn: str) -> None:
+    path = make_tiny_arcface_matmul(tmp_path / "arcface_mm.onnx", bn=bn)
     emb = ArcFaceEmbedder(InsightFaceConfig(providers=CPU), model_path=path)
     assert emb.dim == 64 and emb.head.feature_name == "flat"
     np.testing.assert_allclose(emb.embed(crops), _reference(path, crops), rtol=1e-4, atol=1e-4)
@@ -364,7 +405,9 @@ def test_stochastic_shape_and_seed_determinism(embedder: ArcFaceEmbedder, crops:
     assert np.all(np.abs(a[:, 1:] - a[:, :1]).max(axis=-1) > 1e-3)
 
 
-def test_embed_with_samples_matches_embed_and_stochastic(embedder: ArcFaceEmbedder, crops: np.ndarray) -> None:
+def test_embed_with_samples_matches_embed_and_stochastic(
+    embedder: ArcFaceEmbedder, crops: np.ndarray
+) -> None:
     emb, samples = embedder.embed_with_samples(crops, 4, np.random.default_rng(5))
     np.testing.assert_allclose(emb, embedder.embed(crops), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(samples, embedder.embed_stochastic(crops, 4, np.random.default_rng(5)))

@@ -66,7 +66,11 @@ class TrackConfig:
     min_face_px: int = knob(
         20, "Smallest face (box height, pixels of the original frame) the detector looks for."
     )
-    min_score: float = knob(0.9, "Detections below this detector confidence are dropped.")
+    min_score: float = knob(
+        0.0,
+        "Detections below this detector confidence are dropped; 0 = the backend's own default "
+        "(MTCNN 0.9, SCRFD 0.5: scores of different detectors are not comparable).",
+    )
     iou_weight: float = knob(
         0.6, "Association cost = 1 - (w * IoU + (1 - w) * appearance similarity); w trades geometry for looks."
     )
@@ -108,7 +112,6 @@ class CropConfig:
         "SER-FIQ stochastic passes per crop (reference: 100). The dlib backend's passes are input "
         "perturbations costing one network pass each; ArcFace's are cheap dropout heads.",
     )
-    dropout: float = knob(0.5, "SER-FIQ dropout rate for backends whose stochasticity is dropout.")
     mad_k: float = knob(
         3.0,
         "A track is a low-quality outlier ('unknown') when its quality is below median - k * 1.4826 * "
@@ -132,3 +135,6 @@ class ModelConfig:
     )
     device: str = knob("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'.")
     num_threads: int = knob(0, "Torch / ONNX Runtime CPU threads; 0 = all cores.")
+    serfiq_dropout: float = knob(
+        0.5, "SER-FIQ dropout rate of the ArcFace head (the paper's 0.5); unused by dlib (no dropout)."
+    )

@@ -47,6 +47,7 @@ DETECTOR_PATTERNS = ("det_*.onnx", "scrfd*.onnx")
 RECOGNIZER_PATTERNS = ("w600k_*.onnx", "glintr100.onnx", "*arcface*.onnx")
 SCRFD_OUTPUT_COUNTS = (9, 15)  # scores, boxes, landmarks for 3 or 5 strides (SCRFD "bnkps" models)
 _FC_OPS = ("Gemm", "MatMul", "Add")
+_PASS_THROUGH_OPS = ("Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze")
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class InsightFaceConfig:
     Attributes:
         pack_dir: folder holding the ONNX files. ``None`` -> ``$VCN_INSIGHTFACE_PACK`` if set, else
             the first of ``{$INSIGHTFACE_HOME or ~/.insightface}/models/{buffalo_l,antelopev2}``
-            that contains ``.onnx`` files.
+            (or ``antelopev2/antelopev2``, as its zip unpacks) that contains ``.onnx`` files.
         detector_file: detector file name inside the pack; ``None`` -> the single file matching
             ``det_*.onnx`` / ``scrfd*.onnx`` (several matches are an error, not a choice).
         recognizer_file: recogniser file name; ``None`` -> the single match of ``w600k_*.onnx``,
@@ -108,9 +109,12 @@ class InsightFaceConfig:
 
 
 def _default_pack_candidates() -> list[Path]:
+    """Default pack folders in order; ``antelopev2/antelopev2`` is how that pack's zip unpacks."""
     home = os.environ.get("INSIGHTFACE_HOME")
     root = Path(home).expanduser() if home else Path("~/.insightface").expanduser()
-    return [root / "models" / name for name in DEFAULT_PACKS]
+    return [root / "models" / name for name in DEFAULT_PACKS] + [
+        root / "models" / "antelopev2" / "antelopev2"
+    ]
 
 
 def find_pack(config: InsightFaceConfig | None = None) -> Path | None:
@@ -202,9 +206,7 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
     return list(requested)
 
 
-def _make_session(
-    source: str | bytes, config: InsightFaceConfig, path: Path
-) -> onnxruntime.InferenceSession:
+def _make_session(source: str | bytes, config: InsightFaceConfig, path: Path) -> onnxruntime.InferenceSession:
     """A session on ``config.providers``; a provider that fails to start raises (warns under auto)."""
     import onnxruntime
 
@@ -246,7 +248,9 @@ class InsightFaceDetector:
     past the frame edges, as SCRFD predicts them.
     """
 
-    def __init__(self, config: InsightFaceConfig | None = None, *, model_path: Path | str | None = None) -> None:
+    def __init__(
+        self, config: InsightFaceConfig | None = None, *, model_path: Path | str | None = None
+    ) -> None:
         from insightface.model_zoo.scrfd import SCRFD
 
         self.config = config or InsightFaceConfig()
@@ -257,7 +261,10 @@ class InsightFaceDetector:
         self._scrfd = SCRFD(model_file=str(self.model_path), session=session)
         size = self.config.det_size
         self._scrfd.prepare(
-            0, input_size=(size, size), det_thresh=self.config.det_threshold, nms_thresh=self.config.nms_threshold
+            0,
+            input_size=(size, size),
+            det_thresh=self.config.det_threshold,
+            nms_thresh=self.config.nms_threshold,
         )
         self._sha256: str | None = None
         logger.info("SCRFD detector %s on %s", self.model_path.name, self.providers)
@@ -437,9 +444,13 @@ def _fully_connected(
 
 
 def _producer(index: _GraphIndex, name: str) -> onnx.NodeProto | None:
-    """The node computing ``name``, looking through pass-through Identity nodes."""
+    """The node computing ``name``, looking through value-preserving reshapes and Identity.
+
+    Exporters may wrap the head's BatchNormalization in Unsqueeze/Squeeze or end with a Reshape;
+    the (D,) parameter checks in :func:`split_embedding_head` catch a reshape that moves channels.
+    """
     node = index.producer.get(name)
-    while node is not None and node.op_type == "Identity":
+    while node is not None and node.op_type in _PASS_THROUGH_OPS:
         node = index.producer.get(node.input[0])
     return node
 
@@ -532,7 +543,9 @@ class ArcFaceEmbedder:
 
     alignment: AlignmentSpec = ARCFACE_ALIGNMENT
 
-    def __init__(self, config: InsightFaceConfig | None = None, *, model_path: Path | str | None = None) -> None:
+    def __init__(
+        self, config: InsightFaceConfig | None = None, *, model_path: Path | str | None = None
+    ) -> None:
         import onnx
 
         self.config = config or InsightFaceConfig()
@@ -565,9 +578,8 @@ class ArcFaceEmbedder:
         size = self.alignment.size
         shape_ok = aligned_bgr.ndim == 4 and aligned_bgr.shape[1:] == (size, size, 3)
         if not shape_ok or aligned_bgr.dtype != np.uint8:
-            raise ValueError(
-                f"aligned_bgr must be (N, {size}, {size}, 3) uint8, got {aligned_bgr.shape} {aligned_bgr.dtype}"
-            )
+            got = f"{aligned_bgr.shape} {aligned_bgr.dtype}"
+            raise ValueError(f"aligned_bgr must be (N, {size}, {size}, 3) uint8, got {got}")
         for start in range(0, len(aligned_bgr), self.batch_size):
             blob = self._blob(aligned_bgr[start : start + self.batch_size])
             feats = self._session.run([self.head.feature_name], {self._input_name: blob})[0]
@@ -584,7 +596,9 @@ class ArcFaceEmbedder:
         """(N, 112, 112, 3) BGR uint8 -> (N, D) float32, equal to the full graph's output."""
         return self.head.apply(self.features(aligned_bgr))
 
-    def _samples(self, feature: NDArray[np.float32], n_samples: int, rng: np.random.Generator) -> NDArray[np.float32]:
+    def _samples(
+        self, feature: NDArray[np.float32], n_samples: int, rng: np.random.Generator
+    ) -> NDArray[np.float32]:
         """(T, D): the head on ``n_samples`` inverted-dropout copies of one (F,) feature."""
         keep = rng.random((n_samples, feature.shape[0]), dtype=np.float32) >= self.dropout
         kept = feature * np.float32(1.0 / (1.0 - self.dropout))

@@ -5,23 +5,36 @@ in one transaction, and returns metadata plus a data version (a content hash of 
 """
 
 
-import numpy as np
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import dagster as dg
+import numpy as np
 
 from vcn_assets.core.config import CropConfig, ShotConfig, TrackConfig, VideoConfig, describe
 from vcn_assets.core.crops import UNKNOWN, VALID, extract_crops, summarise_tracks
 from vcn_assets.core.shots import detect_shots
 from vcn_assets.core.tracking import track_faces
-from vcn_assets.core.video import VideoInfo, content_hash, probe
+from vcn_assets.core.video import VideoError, VideoInfo, content_hash, probe
 from vcn_assets.orchestration.partitions import MOVIES
 from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
 from vcn_assets.store import tables
+from vcn_assets.store.db import StoreError
 
 ShotsRun = config_class(ShotConfig)
 TracksRun = config_class(TrackConfig)
 CropsRun = config_class(CropConfig)
 
 STAGE1 = "stage1_frontend"
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn the errors a user can act on into a one-line Dagster failure naming the file."""
+    try:
+        yield
+    except (VideoError, StoreError, FileNotFoundError, PermissionError) as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
 def _info_from_store(vcn: VcnResource, key: str) -> VideoInfo:
@@ -54,15 +67,16 @@ def movie_file(context: dg.OpExecutionContext, vcn: VcnResource) -> dg.DataVersi
 def shots(context: dg.AssetExecutionContext, config: ShotsRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Cut detection (PySceneDetect) over the whole movie; also records the movie's probe."""
     key = context.partition_key
-    path = vcn.movie_path(key)
-    info = probe(path, VideoConfig().min_frames)
     cfg = to_core(config, ShotConfig)
-    found = detect_shots(info, cfg)
-    frames = {
-        "movies": tables.movie_frame(key, info, content_hash(path)),
-        "shots": tables.shots_frame(key, found),
-    }
-    vcn.store().replace(key, frames)
+    with user_errors():
+        path = vcn.movie_path(key)
+        info = probe(path, VideoConfig().min_frames)
+        found = detect_shots(info, cfg)
+        frames = {
+            "movies": tables.movie_frame(key, info, content_hash(path)),
+            "shots": tables.shots_frame(key, found),
+        }
+        vcn.store().replace(key, frames)
     lengths = (found.end_frame - found.start_frame + 1) / info.fps
     return _result(frames, {
         "path": dg.MetadataValue.path(str(path)), "fps": info.fps, "n_frames": info.n_frames,
@@ -76,15 +90,16 @@ def tracks(context: dg.AssetExecutionContext, config: TracksRun, vcn: VcnResourc
     """Face detection on a frame stride + IoU/appearance Hungarian tracking within shots."""
     key = context.partition_key
     cfg = to_core(config, TrackConfig)
-    info = _info_from_store(vcn, key)
-    found_shots = tables.shots_from(vcn.store().read("shots", key))
-    models = vcn.models(cfg.min_face_px, cfg.min_score)
-    boxes = track_faces(info, found_shots, models.detector, cfg)
-    frames = {
-        "track_boxes": tables.boxes_frame(key, boxes),
-        "tracks": tables.tracks_frame(key, boxes, found_shots),
-    }
-    vcn.store().replace(key, frames)
+    with user_errors():
+        info = _info_from_store(vcn, key)
+        found_shots = tables.shots_from(vcn.store().read("shots", key))
+        models = vcn.models(cfg.min_face_px, cfg.min_score)
+        boxes = track_faces(info, found_shots, models.detector, cfg)
+        frames = {
+            "track_boxes": tables.boxes_frame(key, boxes),
+            "tracks": tables.tracks_frame(key, boxes, found_shots),
+        }
+        vcn.store().replace(key, frames)
     return _result(frames, {
         "n_tracks": boxes.n_tracks, "n_boxes": len(boxes), "n_detections": int(boxes.detected.sum()),
         "backend": models.backend, "models": models.identity, "config": describe(cfg),
@@ -96,13 +111,14 @@ def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource)
     """Sampled, aligned, filtered crops with embeddings and SER-FIQ quality; outlier tracks unknown."""
     key = context.partition_key
     cfg = to_core(config, CropConfig)
-    info = _info_from_store(vcn, key)
-    boxes = tables.boxes_from(vcn.store().read("track_boxes", key))
-    models = vcn.models(TrackConfig().min_face_px, TrackConfig().min_score)
-    found = extract_crops(info, boxes, models, cfg)
-    summary = summarise_tracks(boxes, found, cfg)
-    frames = {"crops": tables.crops_frame(key, found), "track_quality": tables.quality_frame(key, summary)}
-    vcn.store().replace(key, frames)
+    with user_errors():
+        info = _info_from_store(vcn, key)
+        boxes = tables.boxes_from(vcn.store().read("track_boxes", key))
+        models = vcn.models(TrackConfig().min_face_px, TrackConfig().min_score)
+        found = extract_crops(info, boxes, models, cfg)
+        summary = summarise_tracks(boxes, found, cfg)
+        frames = {"crops": tables.crops_frame(key, found), "track_quality": tables.quality_frame(key, summary)}
+        vcn.store().replace(key, frames)
     status = summary.status.tolist()
     return _result(frames, {
         "n_crops": len(found), "n_tracks_valid": status.count(VALID),

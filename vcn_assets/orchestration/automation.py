@@ -13,8 +13,7 @@ from vcn_assets.orchestration.resources import VcnResource
 
 vcn_pipeline = dg.define_asset_job(
     "vcn_pipeline",
-    selection=dg.AssetSelection.all(include_sources=False) - dg.AssetSelection.keys("movie_file"),
-    partitions_def=MOVIES,
+    selection=dg.AssetSelection.assets("shots", "tracks", "crops"),
     description="All per-movie stages for one movie partition.",
 )
 

@@ -53,7 +53,10 @@ class VcnResource(dg.ConfigurableResource):
         return resolve_movie(self.movies_path, key)
 
     def face_model_config(self) -> ModelConfig:
-        return ModelConfig(self.backend, self.insightface_pack, self.device, self.num_threads)
+        return ModelConfig(
+            backend=self.backend, insightface_pack=self.insightface_pack, device=self.device,
+            num_threads=self.num_threads,
+        )
 
     def models(self, min_face_px: int, min_score: float) -> FaceModels:
         return _cached_models(self.face_model_config(), min_face_px, min_score)

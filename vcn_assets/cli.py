@@ -1,0 +1,140 @@
+"""The ``vcn`` command.
+
+Usage::
+
+    vcn demo                      # generate the sample movie, run every stage on it, print results
+    vcn bench CASE_DIR... --json OUT
+    vcn add PATH                  # copy a movie into the movies folder; prints its partition key
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+log = logging.getLogger("vcn")
+SAMPLE_NAME = "sample_episode.mp4"
+
+
+def _ensure_dagster_home() -> Path:
+    """DAGSTER_HOME as set, else the current folder when it holds the project's dagster.yaml."""
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        if not Path("dagster.yaml").is_file():
+            raise SystemExit("DAGSTER_HOME is not set and ./dagster.yaml is absent: run from the project root")
+        home = str(Path.cwd())
+        os.environ["DAGSTER_HOME"] = home
+    return Path(home)
+
+
+def _materialize(key: str, backend: str) -> None:
+    import dagster as dg
+
+    from vcn_assets.orchestration import assets
+    from vcn_assets.orchestration.resources import VcnResource
+
+    instance = dg.DagsterInstance.get()
+    if not instance.has_dynamic_partition("movies", key):
+        instance.add_dynamic_partitions("movies", [key])
+    result = dg.materialize(
+        [assets.movie_file, assets.shots, assets.tracks, assets.crops],
+        selection=["shots", "tracks", "crops"],
+        partition_key=key,
+        instance=instance,
+        resources={"vcn": VcnResource(backend=backend)},
+        tags={"dagster/partition": key, "vcn/launched_by": "cli"},
+    )
+    if not result.success:
+        raise SystemExit(f"materialisation of {key} failed; see the run log in the Dagster UI")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from vcn_assets.core.samples import make_sample_case
+    from vcn_assets.orchestration.partitions import movie_key
+    from vcn_assets.orchestration.resources import VcnResource
+
+    home = _ensure_dagster_home()
+    vcn = VcnResource(backend=args.backend)
+    movie = vcn.movies_path / SAMPLE_NAME
+    if not movie.exists():
+        case = make_sample_case(vcn.data_path / "sample_case")
+        vcn.movies_path.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(case, movie)
+        log.info("generated sample movie %s (ground truth in %s)", movie, case.parent)
+    key = movie_key(movie.name)
+    _materialize(key, args.backend)
+    _print_summary(vcn, key, home)
+
+
+def _print_summary(vcn, key: str, home: Path) -> None:  # noqa: ANN001
+    store = vcn.store()
+    counts = {t: store.count(t, key) for t in ("shots", "tracks", "crops", "track_quality")}
+    status = store.read("track_quality", key)["status"].value_counts().sort("status").rows()
+    print(f"movie {key}: {counts['shots']} shots, {counts['tracks']} tracks, {counts['crops']} crops")
+    print(f"track status: {dict(status)}")
+    print(f"results: DuckDB {store.path} (tables movies, shots, tracks, track_boxes, crops, track_quality)")
+    print(f"Dagster instance: {home}")
+    print("open the UI: DAGSTER_HOME=$PWD dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000  -> http://127.0.0.1:3000")
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from vcn_assets.bench.run import run_bench, table
+    from vcn_assets.core.config import ModelConfig
+
+    results = run_bench([Path(c) for c in args.cases], args.json, ModelConfig(backend=args.backend))
+    print(table(results))
+
+
+def cmd_add(args: argparse.Namespace) -> None:
+    from vcn_assets.orchestration.partitions import VIDEO_EXTENSIONS, movie_key
+    from vcn_assets.orchestration.resources import VcnResource
+
+    src = Path(args.path)
+    if not src.is_file():
+        raise SystemExit(f"{src}: no such file")
+    if src.suffix.lower() not in VIDEO_EXTENSIONS:
+        raise SystemExit(f"{src}: not a movie file extension ({', '.join(sorted(VIDEO_EXTENSIONS))})")
+    dest_dir = VcnResource().movies_path
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / src.name
+    if dest.resolve() != src.resolve():
+        shutil.copyfile(src, dest)
+    _ensure_dagster_home()
+    import dagster as dg
+
+    key = movie_key(dest.name)
+    dg.DagsterInstance.get().add_dynamic_partitions("movies", [key])
+    print(key)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vcn", description="VideoClusterNet face-track clustering (Dagster project)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("demo", help="generate the sample movie and materialise every stage for it")
+    d.add_argument("--backend", default="auto", help="auto, insightface, dlib or fake")
+    d.set_defaults(fn=cmd_demo)
+    b = sub.add_parser("bench", help="run the pipeline on benchmark case folders and score it")
+    b.add_argument("cases", nargs="+")
+    b.add_argument("--json", type=Path, default=None)
+    b.add_argument("--backend", default="auto")
+    b.set_defaults(fn=cmd_bench)
+    a = sub.add_parser("add", help="copy a movie into the movies folder and register its partition")
+    a.add_argument("path")
+    a.set_defaults(fn=cmd_add)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
