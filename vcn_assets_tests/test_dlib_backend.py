@@ -1,0 +1,77 @@
+"""The real offline default backend (MTCNN + dlib) on a generated movie with ground truth."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pytest
+
+from vcn_assets.bench.frontend_metrics import frontend_metrics, load_case
+from vcn_assets.core.align import align_faces
+from vcn_assets.core.samples import SampleSpec, load_source_faces, make_sample_case
+from vcn_assets.models.dlib_backend import DLIB_ALIGNMENT, DlibEmbedder
+from vcn_assets.models.mtcnn import MTCNNDetector
+from vcn_assets.store import tables
+from vcn_assets.store.db import Store
+from vcn_assets_tests.test_dagster_graph import counts, run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def sample_case(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    spec = SampleSpec(n_shots=6, identities=3, shot_seconds=(1.2, 1.6), seed=3)
+    return make_sample_case(tmp_path_factory.mktemp("sample"), spec).parent
+
+
+def test_dlib_alignment_template_matches_dlib_chip_geometry() -> None:
+    # dlib chips (150 px, padding 0.25) put the eye centres ~ 0.36 of the width apart
+    t = DLIB_ALIGNMENT.template
+    assert DLIB_ALIGNMENT.size == 150
+    assert (t[1, 0] - t[0, 0]) / 150 == pytest.approx(0.3528, abs=1e-3)
+    assert t[0, 1] == pytest.approx(t[1, 1])
+
+
+def test_dlib_embedder_separates_identities() -> None:
+    emb = DlibEmbedder()
+    faces = load_source_faces()[:3]
+    detector = MTCNNDetector()
+    chips = []
+    for f in faces:
+        patch = np.ascontiguousarray(f.patch_bgr)
+        dets = detector.detect(patch)
+        assert len(dets) >= 1, f.identity
+        best = int(np.argmax(dets.score))
+        chips.append(align_faces(patch, dets.kps[best : best + 1], DLIB_ALIGNMENT)[0])
+    e, samples = emb.embed_with_samples(np.stack(chips), 2, np.random.default_rng(0))
+    assert e.shape == (3, 128) and samples.shape == (3, 2, 128)
+    np.testing.assert_array_equal(samples[:, 0], e)  # sample 0 is the unperturbed chip
+    d = np.linalg.norm(e[:, None] - e[None], axis=2)
+    assert d[np.triu_indices(3, 1)].min() > 0.6  # different people, dlib's same-person cut is 0.6
+    assert np.linalg.norm(samples[:, 0] - samples[:, 1], axis=1).max() < 0.3  # mirror stays close
+
+
+def test_materialize_whole_graph_dlib_backend(
+    instance: dg.DagsterInstance, data_dir: Path, sample_case: Path
+) -> None:
+    shutil.copy(sample_case / "movie.mp4", data_dir / "movies" / "sample.mp4")
+    result = run(instance, data_dir, "sample", backend="dlib")
+    assert result.success
+    c = counts(data_dir, "sample")
+    case = load_case(sample_case)
+    assert c["shots"] == len(case.gt_cuts) + 1
+    store = Store(data_dir / "vcn.duckdb")
+    boxes = tables.boxes_from(store.read("track_boxes", "sample"))
+    shots = tables.shots_from(store.read("shots", "sample"))
+    m = frontend_metrics(case, shots.cuts, boxes.frame_idx, boxes.xyxy, boxes.track_id)
+    assert m["shot_f1"] == 1.0
+    assert m["gt_box_recall"] >= 0.9
+    assert m["track_purity"] >= 0.99
+    assert m["tracks_per_gt_track"] <= 1.5
+    quality = store.read("track_quality", "sample")
+    assert quality.height == c["tracks"] and (quality["rep_crop_id"] >= 0).all()
+    crops = store.read("crops", "sample")
+    assert len(crops["embedding"][0]) == 128 and crops["quality"].is_between(0, 1).all()
