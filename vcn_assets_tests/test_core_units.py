@@ -174,7 +174,7 @@ def test_summarise_tracks_marks_outliers_and_empty() -> None:
     q = np.array([0.8, 0.81, 0.79, 0.8, 0.82, 0.2], np.float32)  # track 6 has no crop
     crops = Crops(
         np.arange(6), np.zeros(6, np.int64), np.zeros((6, 4), np.float32), np.zeros((6, 2), np.float32),
-        q, np.ones(6, np.float32), np.ones(6, np.float32), [b""] * 6,
+        q, np.ones(6, np.float32), np.ones(6, np.float32), np.zeros((6, 2, 2), np.float32), [b""] * 6,
     )
     s = summarise_tracks(boxes, crops, CropConfig())
     assert s.status.tolist() == [VALID] * 5 + [UNKNOWN, NO_CROPS]

@@ -135,6 +135,11 @@ class ModelConfig:
     )
     device: str = knob("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'.")
     num_threads: int = knob(0, "Torch / ONNX Runtime CPU threads; 0 = all cores.")
+    embed_workers: int = knob(
+        0,
+        "Processes for the dlib embedder (dlib-bin holds the GIL and has no BLAS, so processes are "
+        "its only way to use several cores); 0 = one per CPU core, 1 = in this process.",
+    )
     serfiq_dropout: float = knob(
         0.5, "SER-FIQ dropout rate of the ArcFace head (the paper's 0.5); unused by dlib (no dropout)."
     )

@@ -37,8 +37,9 @@ VALID, UNKNOWN, NO_CROPS = "valid", "unknown", "no_crops"
 @dataclass(frozen=True)
 class Crops:
     """Kept crops: ``track_id``, ``frame_idx`` (C,), ``xyxy`` (C, 4), ``embedding`` (C, D),
-    ``quality``, ``sharpness``, ``frontal`` (C,) and ``jpeg`` (C JPEG-encoded 112x112 ArcFace-aligned
-    BGR crops, for display)."""
+    ``quality``, ``sharpness``, ``frontal`` (C,), ``views`` (C, T, D) the stochastic SER-FIQ samples
+    (reused by finetuning as augmented views of the crop) and ``jpeg`` (C JPEG-encoded 112x112
+    ArcFace-aligned BGR crops, for display)."""
 
     track_id: NDArray[np.int64]
     frame_idx: NDArray[np.int64]
@@ -47,6 +48,7 @@ class Crops:
     quality: NDArray[np.float32]
     sharpness: NDArray[np.float32]
     frontal: NDArray[np.float32]
+    views: NDArray[np.float32]
     jpeg: list[bytes]
 
     def __len__(self) -> int:
@@ -110,7 +112,7 @@ def extract_crops(info: VideoInfo, boxes: TrackBoxes, models: FaceModels, cfg: C
     shown: list[NDArray[np.uint8]] = []
     sharp: list[NDArray[np.float32]] = []
     batch: list[NDArray[np.uint8]] = []
-    results: list[tuple[NDArray[np.float32], NDArray[np.float32]]] = []
+    results: list[tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]] = []
     rng = np.random.default_rng(cfg.seed)
     for frame_bgr, frame_rows in _frames_with_rows(info, boxes, rows):
         disp = align_faces(frame_bgr, boxes.kps[frame_rows], ARCFACE_ALIGNMENT)
@@ -130,12 +132,12 @@ def extract_crops(info: VideoInfo, boxes: TrackBoxes, models: FaceModels, cfg: C
 
 def _embed(
     models: FaceModels, chips: NDArray[np.uint8], cfg: CropConfig, rng: np.random.Generator
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
     stochastic = models.stochastic
     if stochastic is None:
         raise ValueError(f"backend {models.backend!r} has no stochastic embedding: SER-FIQ quality needs one")
     emb, samples = stochastic.embed_with_samples(chips, cfg.quality_samples, rng)
-    return emb, serfiq_quality(samples) if len(emb) else np.zeros(0, np.float32)
+    return emb, serfiq_quality(samples) if len(emb) else np.zeros(0, np.float32), samples
 
 
 def _assemble(
@@ -143,7 +145,7 @@ def _assemble(
     kept: list[NDArray[np.int64]],
     shown: list[NDArray[np.uint8]],
     sharp: list[NDArray[np.float32]],
-    results: list[tuple[NDArray[np.float32], NDArray[np.float32]]],
+    results: list[tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]],
     dim: int,
     cfg: CropConfig,
 ) -> Crops:
@@ -151,6 +153,7 @@ def _assemble(
     images = np.concatenate(shown) if shown else np.zeros((0, 112, 112, 3), np.uint8)
     emb = np.concatenate([r[0] for r in results]) if results else np.zeros((0, dim), np.float32)
     qual = np.concatenate([r[1] for r in results]) if results else np.zeros(0, np.float32)
+    views = np.concatenate([r[2] for r in results]) if results else np.zeros((0, cfg.quality_samples, dim), np.float32)
     params = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality]
     jpeg = [cv2.imencode(".jpg", im, params)[1].tobytes() for im in images]
     order = np.lexsort((boxes.frame_idx[rows], boxes.track_id[rows]))
@@ -162,6 +165,7 @@ def _assemble(
         quality=qual[order].astype(np.float32),
         sharpness=(np.concatenate(sharp) if sharp else np.zeros(0, np.float32))[order],
         frontal=frontalness(boxes.kps[rows][order]),
+        views=views[order].astype(np.float32),
         jpeg=[jpeg[i] for i in order],
     )
 

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -70,13 +72,17 @@ class DlibEmbedder:
         "(sample 0 = original, 1 = mirror, then random shift/scale/rotation)"
     )
 
-    def __init__(self, model_file: Path | None = None) -> None:
+    def __init__(self, model_file: Path | None = None, workers: int = 1) -> None:
+        """``workers`` > 1 spreads each batch over that many processes (dlib-bin has no BLAS and holds
+        the GIL, so processes are the only way to use several cores); 1 runs in this process."""
         import dlib
 
         self.model_file = model_file or models_dir() / RESNET_FILE
         if not self.model_file.is_file():
             raise FileNotFoundError(f"dlib face descriptor model missing: expected {self.model_file}")
         self._net = dlib.face_recognition_model_v1(str(self.model_file))
+        self.workers = max(1, workers)
+        self._pool: ProcessPoolExecutor | None = None
 
     def identity(self) -> dict[str, Any]:
         return {"embedder": "dlib_resnet_v1", "file": self.model_file.name, "sha256": _sha256(self.model_file)}
@@ -84,8 +90,18 @@ class DlibEmbedder:
     def embed(self, aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:
         if len(aligned_bgr) == 0:
             return np.zeros((0, self.dim), np.float32)
-        chips = [np.ascontiguousarray(c[:, :, ::-1]) for c in aligned_bgr]  # dlib wants RGB
-        return np.asarray(self._net.compute_face_descriptor(chips), np.float32).reshape(-1, self.dim)
+        if self.workers == 1 or len(aligned_bgr) < 2 * self.workers:
+            return _describe(self._net, aligned_bgr)
+        if self._pool is None:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(self.workers, ctx, _init_worker, (str(self.model_file),))
+        parts = np.array_split(aligned_bgr, self.workers)
+        return np.concatenate(list(self._pool.map(_worker_describe, parts)))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def embed_with_samples(
         self, aligned_bgr: NDArray[np.uint8], n_samples: int, rng: np.random.Generator
@@ -96,6 +112,25 @@ class DlibEmbedder:
         flat = self.embed(np.concatenate(views)) if n else np.zeros((0, self.dim), np.float32)
         samples = flat.reshape(len(views), n, self.dim).transpose(1, 0, 2)
         return samples[:, 0].copy(), np.ascontiguousarray(samples)
+
+
+def _describe(net, aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:  # noqa: ANN001 - dlib net
+    chips = [np.ascontiguousarray(c[:, :, ::-1]) for c in aligned_bgr]  # dlib wants RGB
+    return np.asarray(net.compute_face_descriptor(chips), np.float32).reshape(-1, 128)
+
+
+_WORKER_NET = None
+
+
+def _init_worker(model_file: str) -> None:
+    import dlib
+
+    global _WORKER_NET  # noqa: PLW0603 - one network per worker process
+    _WORKER_NET = dlib.face_recognition_model_v1(model_file)
+
+
+def _worker_describe(aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:
+    return _describe(_WORKER_NET, aligned_bgr)
 
 
 def _perturb(chips: NDArray[np.uint8], t: int, rng: np.random.Generator) -> NDArray[np.uint8]:

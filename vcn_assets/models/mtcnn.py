@@ -314,7 +314,7 @@ def _crop(mip: _Mip, boxes: Boxes, out: int) -> Tensor:
     """(N, 3, out, out) crops of ``boxes`` (frame pixels), black outside the frame. Each box is sampled
     from the mip level where it is 1-2x ``out`` px, at 2x2 points per output pixel, then averaged."""
     n = 2 * out
-    b = torch.as_tensor(boxes, dtype=torch.float32, device=mip.image.device)
+    b = torch.as_tensor(np.floor(boxes), dtype=torch.float32, device=mip.image.device)  # whole pixels
     wh = b[:, 2:] - b[:, :2]
     lvl = torch.log2(wh.amax(1).clamp(min=1) / out).floor().clamp(0, len(mip.size) - 1).long()
     t = (torch.arange(n, device=b.device, dtype=torch.float32) + 0.5) / n
@@ -387,19 +387,19 @@ class MTCNNDetector:
         return scales
 
     def _pnet_canvas(self, halvings: list[NDArray[np.uint8]]) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
-        """All pyramid levels on one canvas, and per level (x, y, w, h, ratio_x, ratio_y). Each level
+        """All pyramid levels on one canvas, and per level (x, y, w, h, scale). Each level
         is resized from the smallest halving of the frame that is still larger than it."""
         h, w = halvings[0].shape[:2]
         sizes = [(math.ceil(h * s), math.ceil(w * s)) for s in self._scales(h, w)]
         if not sizes:
-            return np.zeros((0, 0, 3), np.uint8), np.zeros((0, 6), np.float32)
+            return np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5), np.float64)
         origins, shape = _shelf_pack(sizes)
         canvas = np.zeros((*shape, 3), np.uint8)
         for (lh, lw), (x, y) in zip(sizes, origins):
             src = next((v for v in reversed(halvings) if v.shape[0] >= lh and v.shape[1] >= lw), halvings[0])
             canvas[y : y + lh, x : x + lw] = cv2.resize(src, (lw, lh), interpolation=cv2.INTER_AREA)
-        levels = [(x, y, lw, lh, lw / w, lh / h) for (lh, lw), (x, y) in zip(sizes, origins)]
-        return canvas, np.array(levels, np.float32)
+        levels = [(x, y, lw, lh, s) for (lh, lw), (x, y), s in zip(sizes, origins, self._scales(h, w))]
+        return canvas, np.array(levels, np.float64)
 
     def _propose(self, halvings: list[NDArray[np.uint8]]) -> Boxes:
         """Stage 1: PNet on the pyramid canvas -> squared candidate boxes in image pixels."""
@@ -413,9 +413,9 @@ class MTCNNDetector:
             owner[y // 2 : y // 2 + _pnet_cells(lh), x // 2 : x // 2 + _pnet_cells(lw)] = k
         ys, xs = np.nonzero((prob >= self.config.thresholds[0]) & (owner >= 0))
         lvl = owner[ys, xs]
-        origin = np.stack([2 * xs, 2 * ys], 1) - levels[lvl, :2]  # window corner in level pixels
-        ratio = np.tile(levels[lvl, 4:], 2)
-        boxes = np.concatenate([origin, origin + _CELL], 1) / ratio
+        corner = np.stack([2 * xs, 2 * ys], 1) - levels[lvl, :2]  # window corner in level pixels
+        scale = levels[lvl, 4:]  # the original's cell -> box mapping (see module docstring)
+        boxes = np.concatenate([np.floor((corner + 1) / scale) - 1, np.floor((corner + _CELL) / scale)], 1)
         score, offsets = prob[ys, xs], reg[:, ys, xs].T
         keep = nms(boxes, score, _NMS_LEVEL, groups=lvl)
         keep = keep[nms(boxes[keep], score[keep], _NMS_PNET)]
@@ -440,4 +440,4 @@ class MTCNNDetector:
         boxes = _regress(boxes, reg)
         keep = nms(boxes, prob, _NMS_ONET, use_min=True)
         log.debug("ONet: %d candidates, %d kept", len(ok), len(keep))
-        return boxes[keep], prob[keep], kps[keep]
+        return boxes[keep] + np.array([1, 1, 0, 0], np.float32), prob[keep], kps[keep]  # reported as 1-based

@@ -18,6 +18,7 @@ Backends:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def _build_dlib(cfg: ModelConfig, min_face_px: int, min_score: float) -> FaceMod
 
     det_cfg = MTCNNConfig(min_face_px=min_face_px, min_score=min_score or MTCNN_MIN_SCORE, device=_device(cfg))
     detector = MTCNNDetector(det_cfg, num_threads=_threads(cfg))
-    embedder = DlibEmbedder()
+    embedder = DlibEmbedder(workers=cfg.embed_workers or os.cpu_count() or 1)
     identity = {"backend": "dlib", "detector": "mtcnn(facenet-pytorch weights)", **embedder.identity()}
     return FaceModels("dlib", detector, embedder, identity)
 

@@ -36,7 +36,7 @@ SCHEMA: dict[str, str] = {
         end_frame INTEGER, n_boxes INTEGER, n_detections INTEGER""",
     "crops": """movie_key VARCHAR, crop_id INTEGER, track_id INTEGER, frame_idx INTEGER, x1 FLOAT,
         y1 FLOAT, x2 FLOAT, y2 FLOAT, embedding FLOAT[], quality FLOAT, sharpness FLOAT,
-        frontal FLOAT, jpeg BLOB""",
+        frontal FLOAT, n_views INTEGER, views FLOAT[], jpeg BLOB""",
     "track_quality": """movie_key VARCHAR, track_id INTEGER, n_crops INTEGER, quality FLOAT,
         status VARCHAR, rep_crop_id INTEGER""",
 }

@@ -103,6 +103,8 @@ def crops_frame(movie_key: str, crops: Crops) -> pl.DataFrame:
             "quality": crops.quality,
             "sharpness": crops.sharpness,
             "frontal": crops.frontal,
+            "n_views": np.full(n, crops.views.shape[1] if n else 0, np.int32),
+            "views": pl.Series([v.ravel() for v in crops.views], dtype=pl.List(pl.Float32)),
             "jpeg": pl.Series(crops.jpeg, dtype=pl.Binary),
         }
     )
