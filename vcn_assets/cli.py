@@ -34,15 +34,16 @@ def _ensure_dagster_home() -> Path:
 def _materialize(key: str, backend: str) -> None:
     import dagster as dg
 
-    from vcn_assets.orchestration import assets
+    from vcn_assets.definitions import ALL_ASSETS
+    from vcn_assets.orchestration.automation import PIPELINE_ASSETS
     from vcn_assets.orchestration.resources import VcnResource
 
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition("movies", key):
         instance.add_dynamic_partitions("movies", [key])
     result = dg.materialize(
-        [assets.movie_file, assets.shots, assets.tracks, assets.crops],
-        selection=["shots", "tracks", "crops"],
+        ALL_ASSETS,
+        selection=list(PIPELINE_ASSETS),
         partition_key=key,
         instance=instance,
         resources={"vcn": VcnResource(backend=backend)},
@@ -72,11 +73,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _print_summary(vcn, key: str, home: Path) -> None:  # noqa: ANN001
     store = vcn.store()
-    counts = {t: store.count(t, key) for t in ("shots", "tracks", "crops", "track_quality")}
+    counts = {t: store.count(t, key) for t in ("shots", "tracks", "crops", "cluster_summary")}
     status = store.read("track_quality", key)["status"].value_counts().sort("status").rows()
-    print(f"movie {key}: {counts['shots']} shots, {counts['tracks']} tracks, {counts['crops']} crops")
+    print(f"movie {key}: {counts['shots']} shots, {counts['tracks']} tracks, {counts['crops']} crops, "
+          f"{counts['cluster_summary']} clusters")
     print(f"track status: {dict(status)}")
-    print(f"results: DuckDB {store.path} (tables movies, shots, tracks, track_boxes, crops, track_quality)")
+    print(f"results: DuckDB {store.path} (tables: clusters, cluster_summary, tracks, crops, ...)")
     print(f"Dagster instance: {home}")
     print("open the UI: DAGSTER_HOME=$PWD dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000  -> http://127.0.0.1:3000")
 

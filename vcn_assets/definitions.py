@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from vcn_assets.orchestration import assets
+from vcn_assets.orchestration import assets, identity_assets
 from vcn_assets.orchestration.automation import new_movies_sensor, vcn_pipeline
 from vcn_assets.orchestration.resources import VcnResource
 
+ALL_ASSETS = [
+    assets.movie_file, assets.shots, assets.tracks, assets.crops,
+    identity_assets.finetuned_checkpoint, identity_assets.soft_matches, identity_assets.clusters,
+]
+
 defs = dg.Definitions(
-    assets=[assets.movie_file, assets.shots, assets.tracks, assets.crops],
+    assets=ALL_ASSETS,
     jobs=[vcn_pipeline],
     sensors=[new_movies_sensor],
     resources={"vcn": VcnResource()},

@@ -10,29 +10,32 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from vcn_assets.definitions import ALL_ASSETS
 from vcn_assets.orchestration import assets
-from vcn_assets.orchestration.automation import new_movies_sensor
+from vcn_assets.orchestration.automation import PIPELINE_ASSETS, new_movies_sensor
 from vcn_assets.orchestration.partitions import movie_key
 from vcn_assets.orchestration.resources import VcnResource
 from vcn_assets.store.db import Store
 from vcn_assets_tests.clips import blob_clip
 
-ALL = [assets.movie_file, assets.shots, assets.tracks, assets.crops]
 STAGE1_TABLES = ("movies", "shots", "track_boxes", "tracks", "crops", "track_quality")
+TABLES = STAGE1_TABLES + ("checkpoints", "finetune_loss", "clusters", "cluster_summary")
+FAST_FINETUNE = {"rounds": 2, "steps_per_round": 20, "warmup_steps": 5, "batch_tracks": 16}
 
 
 def run(instance: dg.DagsterInstance, data_dir: Path, key: str, backend: str = "fake") -> dg.ExecuteInProcessResult:
     if not instance.has_dynamic_partition("movies", key):
         instance.add_dynamic_partitions("movies", [key])
     return dg.materialize(
-        ALL, selection=["shots", "tracks", "crops"], partition_key=key, instance=instance,
+        ALL_ASSETS, selection=list(PIPELINE_ASSETS), partition_key=key, instance=instance,
         resources={"vcn": VcnResource(data_dir=str(data_dir), backend=backend)}, raise_on_error=False,
+        run_config={"ops": {"finetuned_checkpoint": {"config": FAST_FINETUNE}}},
     )
 
 
 def counts(data_dir: Path, key: str) -> dict[str, int]:
     store = Store(data_dir / "vcn.duckdb")
-    return {t: store.count(t, key) for t in STAGE1_TABLES}
+    return {t: store.count(t, key) for t in TABLES}
 
 
 def failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -45,7 +48,7 @@ def test_definitions_load() -> None:
 
     repo = defs.get_repository_def()
     keys = {k.to_user_string() for k in repo.asset_graph.get_all_asset_keys()}
-    assert {"movie_file", "shots", "tracks", "crops"} <= keys
+    assert {"movie_file", *PIPELINE_ASSETS} <= keys
     assert repo.get_job("vcn_pipeline") is not None
     assert repo.get_sensor_def("new_movies_sensor") is not None
 
@@ -57,6 +60,7 @@ def test_materialize_whole_graph_fake_backend(instance: dg.DagsterInstance, data
     assert result.success
     c = counts(data_dir, key)
     assert c["shots"] == 3 and c["tracks"] == 4 and c["crops"] == 16 and c["track_quality"] == 4
+    assert c["clusters"] == 4 and 1 <= c["cluster_summary"] <= 4 and c["checkpoints"] == 1
     mats = {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     assert mats["tracks"].metadata["n_tracks"].value == 4
     assert str(data_dir / "movies") in mats["shots"].metadata["path"].value
@@ -143,3 +147,4 @@ def test_movie_without_faces_gives_empty_valid_tables(instance: dg.DagsterInstan
     assert result.success
     c = counts(data_dir, "nofaces")
     assert c["shots"] == 2 and c["tracks"] == c["crops"] == c["track_quality"] == 0
+    assert c["clusters"] == c["cluster_summary"] == 0

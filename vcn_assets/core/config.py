@@ -143,3 +143,65 @@ class ModelConfig:
     serfiq_dropout: float = knob(
         0.5, "SER-FIQ dropout rate of the ArcFace head (the paper's 0.5); unused by dlib (no dropout)."
     )
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    rounds: int = knob(
+        3,
+        "Finetune -> soft-match rounds (not published). Round 1 trains on same-track pairs only; later "
+        "rounds also on soft-matched tracks. More rounds spread identity evidence further and cost time.",
+    )
+    steps_per_round: int = knob(400, "Optimiser steps per round; the head is small, so steps are cheap.")
+    warmup_steps: int = knob(
+        100,
+        "Slides: the head is first trained with the encoder frozen. Here the 'encoder' part that is "
+        "trainable is the residual adapter on the frozen backbone; it is frozen for these first steps.",
+    )
+    batch_tracks: int = knob(128, "Tracks per step (two views each); larger is smoother, slower per step.")
+    hidden_dim: int = knob(512, "Width of the adapter and head MLPs.")
+    bottleneck_dim: int = knob(128, "DINO head bottleneck (L2-normalised before the prototype layer).")
+    out_dim: int = knob(
+        256,
+        "Prototypes of the DINO head (DINO uses 65536 for ImageNet; a movie has tens of identities, so a "
+        "few hundred are plenty and keep Stage 4's K-dimensional products cheap).",
+    )
+    teacher_temp: float = knob(0.04, "DINO teacher temperature (DINO default; above 0.07 is unstable).")
+    student_temp: float = knob(0.1, "DINO student temperature (DINO default).")
+    center_momentum: float = knob(0.9, "EMA momentum of the teacher-output centre (DINO default).")
+    ema_start: float = knob(0.996, "Teacher EMA momentum at the start; rises to 1 on a cosine (DINO).")
+    lr: float = knob(1e-3, "AdamW learning rate (head-sized network, short schedule).")
+    weight_decay: float = knob(0.04, "AdamW weight decay (DINO's starting value).")
+    match_prob: float = knob(
+        0.5, "From round 2: chance that a pair's second crop comes from a soft-matched track instead."
+    )
+    feature_noise: float = knob(
+        0.02,
+        "Light augmentation in feature space on top of the stored augmented views (mirror / jitter or "
+        "dropout samples): Gaussian noise of this std on the unit-norm backbone embedding.",
+    )
+    seed: int = knob(0, "Seed of initialisation and sampling: the checkpoint is deterministic per seed.")
+
+
+@dataclass(frozen=True)
+class MatchConfig:
+    prior_weight: float = knob(
+        10.0,
+        "Covariance regularisation: a track's per-dimension variances (in the space whitened by the "
+        "pooled within-track covariance) are shrunk toward 1 with this many pseudo-crops. With 2-10 "
+        "crops in 128 dimensions an unregularised covariance is singular.",
+    )
+    ridge: float = knob(1e-3, "Ridge added to the pooled covariance (relative to its mean eigenvalue).")
+    low_quantile: float = knob(
+        0.25, "Track threshold = mean pdf of its lowest-scoring share of own crops (paper: lowest 25%)."
+    )
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    max_iterations: int = knob(
+        50, "Safety cap on merge iterations (the loop stops earlier, when nothing changes)."
+    )
+    respect_cooccurrence: bool = knob(
+        True, "Never merge two tracks that share a frame (two faces in one frame are two people)."
+    )

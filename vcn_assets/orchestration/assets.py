@@ -11,6 +11,7 @@ from contextlib import contextmanager
 import dagster as dg
 import numpy as np
 
+from vcn_assets.core.checkpoint import CheckpointError
 from vcn_assets.core.config import CropConfig, ShotConfig, TrackConfig, VideoConfig, describe
 from vcn_assets.core.crops import UNKNOWN, VALID, extract_crops, summarise_tracks
 from vcn_assets.core.shots import detect_shots
@@ -33,7 +34,7 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can act on into a one-line Dagster failure naming the file."""
     try:
         yield
-    except (VideoError, StoreError, FileNotFoundError, PermissionError) as exc:
+    except (VideoError, StoreError, CheckpointError, FileNotFoundError, PermissionError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 

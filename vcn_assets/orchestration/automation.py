@@ -11,9 +11,11 @@ import dagster as dg
 from vcn_assets.orchestration.partitions import MOVIES, discover
 from vcn_assets.orchestration.resources import VcnResource
 
+PIPELINE_ASSETS = ("shots", "tracks", "crops", "finetuned_checkpoint", "soft_matches", "clusters")
+
 vcn_pipeline = dg.define_asset_job(
     "vcn_pipeline",
-    selection=dg.AssetSelection.assets("shots", "tracks", "crops"),
+    selection=dg.AssetSelection.assets(*PIPELINE_ASSETS),
     description="All per-movie stages for one movie partition.",
 )
 

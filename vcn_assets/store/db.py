@@ -39,6 +39,14 @@ SCHEMA: dict[str, str] = {
         frontal FLOAT, n_views INTEGER, views FLOAT[], jpeg BLOB""",
     "track_quality": """movie_key VARCHAR, track_id INTEGER, n_crops INTEGER, quality FLOAT,
         status VARCHAR, rep_crop_id INTEGER""",
+    "checkpoints": """movie_key VARCHAR, path VARCHAR, sha256 VARCHAR, n_tracks INTEGER, n_crops INTEGER,
+        rounds VARCHAR""",
+    "finetune_loss": "movie_key VARCHAR, step INTEGER, round INTEGER, loss FLOAT",
+    "soft_matches": """movie_key VARCHAR, round INTEGER, track_id INTEGER, matched_track_id INTEGER,
+        log_pdf DOUBLE, threshold DOUBLE""",
+    "clusters": "movie_key VARCHAR, track_id INTEGER, cluster_id INTEGER, status VARCHAR",
+    "cluster_summary": """movie_key VARCHAR, cluster_id INTEGER, n_tracks INTEGER, n_crops INTEGER,
+        rep_crop_id INTEGER, first_frame INTEGER, last_frame INTEGER""",
 }
 
 
@@ -49,6 +57,11 @@ ORDER_BY: dict[str, str] = {
     "tracks": "track_id",
     "crops": "crop_id",
     "track_quality": "track_id",
+    "checkpoints": "movie_key",
+    "finetune_loss": "step",
+    "soft_matches": "round, track_id, matched_track_id",
+    "clusters": "track_id",
+    "cluster_summary": "cluster_id",
 }
 
 

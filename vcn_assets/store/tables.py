@@ -148,3 +148,29 @@ def _hash_column(h: "hashlib._Hash", s: pl.Series) -> None:
         h.update("\x00".join(s.to_list()).encode())
     else:
         h.update(s.to_numpy().tobytes())
+
+
+def crops_arrays(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(crop track ids (C,), views (C, V, D), representative score frontal*quality (C,)) of a crops table."""
+    if df.height == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 1, 1), np.float32), np.zeros(0, np.float32)
+    n_views = int(df["n_views"][0])
+    views = np.asarray(df["views"].to_list(), np.float32)
+    views = views.reshape(df.height, n_views, -1)
+    score = (df["frontal"] * df["quality"]).to_numpy().astype(np.float32)
+    return df["track_id"].to_numpy().astype(np.int64), views, score
+
+
+def matches_frame(movie_key: str, rounds: list, track_ids: np.ndarray) -> pl.DataFrame:
+    """Soft matches of every round; ``rounds`` = [(round, SoftMatches over valid-track indices)]."""
+    parts = []
+    for r, m in rounds:
+        parts.append(pl.DataFrame({
+            "movie_key": [movie_key] * len(m), "round": np.full(len(m), r, np.int32),
+            "track_id": track_ids[m.track_a].astype(np.int32),
+            "matched_track_id": track_ids[m.track_b].astype(np.int32),
+            "log_pdf": m.log_pdf, "threshold": m.threshold,
+        }))
+    return pl.concat(parts) if parts else pl.DataFrame(schema={
+        "movie_key": pl.String, "round": pl.Int32, "track_id": pl.Int32, "matched_track_id": pl.Int32,
+        "log_pdf": pl.Float64, "threshold": pl.Float64})

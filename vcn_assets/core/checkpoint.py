@@ -1,0 +1,112 @@
+"""Finetuned checkpoints as safetensors files (tensors only: nothing is ever unpickled).
+
+Usage::
+
+    sha = save_checkpoint(path, result, in_dim=128, cfg=FinetuneConfig())
+    result = load_checkpoint(path, in_dim=128)       # CheckpointError on a corrupt / mismatched file
+
+The file holds the student, the teacher, the loss centre, every round's soft matches, and as
+metadata the config, loss curve and round statistics. It is written to a temporary file and
+renamed, so a reader never sees half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vcn_assets.core.adaptation import AdaptNet, DINOLoss
+from vcn_assets.core.config import FinetuneConfig
+from vcn_assets.core.finetune import FinetuneResult
+from vcn_assets.core.soft_match import SoftMatches
+
+FORMAT = "vcn-adapt-1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def _tensors(result: FinetuneResult) -> dict[str, torch.Tensor]:
+    out = {f"student.{k}": v for k, v in result.student.state_dict().items()}
+    out |= {f"teacher.{k}": v for k, v in result.teacher.state_dict().items()}
+    out["loss.center"] = result.loss_fn.center
+    for r, m in enumerate(result.round_matches, start=1):
+        out[f"matches.{r}.pairs"] = torch.from_numpy(np.stack([m.track_a, m.track_b], 1).reshape(-1, 2))
+        out[f"matches.{r}.scores"] = torch.from_numpy(np.stack([m.log_pdf, m.threshold], 1).reshape(-1, 2))
+    return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+def content_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> str:
+    """sha256 over the sorted tensor names and bytes and the sorted metadata. The file's own bytes are
+    not canonical (safetensors writes its header in hash-map order), so this is the checkpoint's hash."""
+    h = hashlib.sha256(json.dumps(meta, sort_keys=True).encode())
+    for name in sorted(tensors):
+        h.update(name.encode())
+        h.update(tensors[name].numpy().tobytes())
+    return h.hexdigest()
+
+
+def save_checkpoint(path: Path, result: FinetuneResult, in_dim: int, cfg: FinetuneConfig) -> str:
+    """Write atomically; returns the checkpoint's content hash (:func:`content_digest`)."""
+    from dataclasses import asdict
+
+    from safetensors.torch import save_file
+
+    meta = {"format": FORMAT, "in_dim": str(in_dim), "config": json.dumps(asdict(cfg)),
+            "rounds": json.dumps(result.rounds), "losses": json.dumps([round(x, 5) for x in result.losses])}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tensors = _tensors(result)
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return content_digest(tensors, meta)
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint missing: materialise `finetuned_checkpoint` first")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several error types for damaged files
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+    return tensors, meta
+
+
+def load_checkpoint(path: Path, in_dim: int) -> FinetuneResult:
+    """Rebuild the networks, centre and round matches; errors name the file and the mismatch."""
+    tensors, meta = _read(path)
+    if int(meta["in_dim"]) != in_dim:
+        raise CheckpointError(f"{path}: made for {meta['in_dim']}-d embeddings, these are {in_dim}-d")
+    cfg = FinetuneConfig(**json.loads(meta["config"]))
+    nets = []
+    for prefix in ("student.", "teacher."):
+        net = AdaptNet(in_dim, cfg)
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{path}: weights do not fit the configured network ({exc})") from exc
+        nets.append(net.eval().requires_grad_(False))
+    loss_fn = DINOLoss(cfg.out_dim, cfg)
+    loss_fn.center.copy_(tensors["loss.center"])
+    rounds = json.loads(meta["rounds"])
+    matches = [_matches(tensors, r) for r in range(1, len(rounds) + 1)]
+    return FinetuneResult(nets[0], nets[1], loss_fn, json.loads(meta["losses"]), rounds, matches)
+
+
+def _matches(tensors: dict[str, torch.Tensor], r: int) -> SoftMatches:
+    pairs = tensors[f"matches.{r}.pairs"].numpy().astype(np.int64)
+    scores = tensors[f"matches.{r}.scores"].numpy().astype(np.float64)
+    return SoftMatches(pairs[:, 0], pairs[:, 1], scores[:, 0], scores[:, 1])

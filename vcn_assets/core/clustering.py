@@ -1,0 +1,120 @@
+"""Stage 4: final clustering of valid tracks with the learnt (loss) metric.
+
+Usage::
+
+    labels, n_iter = cluster_tracks(crops_terms, track_terms, crop_track, cannot_link, ClusterConfig())
+
+The metric between items i and j is the symmetrised DINO loss ``-(P_i . logS_j + P_j . logS_i) / 2``
+(P: teacher probabilities, logS: student log-probabilities). Because it is bilinear, the mean over
+all cross pairs of two item sets is the same expression on the sets' mean P and mean logS, so
+every cluster-level quantity is a product of (clusters x K) matrices: no loop over crop pairs.
+
+One iteration: each cluster's threshold is the mean loss over all pairs of its crops (a cluster
+with one crop uses that crop's loss with itself); the score of two clusters is the mean loss over
+cross pairs of their items (crops for a single-track cluster, track means otherwise); a pair
+matches when its score is below either threshold. Matches are merged transitively, cheapest
+first, skipping any merge that would put two tracks sharing a frame in one cluster. Iterations
+repeat until nothing changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from vcn_assets.core.config import ClusterConfig
+
+
+@dataclass(frozen=True)
+class MetricTerms:
+    """Per-item teacher probabilities ``p`` and student log-probabilities ``logs``, both (N, K)."""
+
+    p: NDArray[np.float64]
+    logs: NDArray[np.float64]
+
+
+def pair_losses(a: MetricTerms, b: MetricTerms) -> NDArray[np.float64]:
+    """The symmetrised loss between every item of ``a`` and every item of ``b``: (Na, Nb)."""
+    return -(a.p @ b.logs.T + (b.p @ a.logs.T).T) / 2
+
+
+def _sums(x: NDArray[np.float64], groups: NDArray[np.int64], n: int) -> NDArray[np.float64]:
+    out = np.zeros((n, x.shape[1]))
+    np.add.at(out, groups, x)
+    return out
+
+
+def cluster_thresholds(crops: MetricTerms, crop_cluster: NDArray[np.int64], n: int) -> NDArray[np.float64]:
+    """Mean loss over all pairs of distinct crops inside each cluster (self-loss for one crop)."""
+    sp, sl = _sums(crops.p, crop_cluster, n), _sums(crops.logs, crop_cluster, n)
+    diag = np.bincount(crop_cluster, weights=(crops.p * crops.logs).sum(1), minlength=n)
+    count = np.bincount(crop_cluster, minlength=n).astype(np.float64)
+    all_pairs = -(sp * sl).sum(1)
+    pairs = count * (count - 1)
+    return np.where(pairs > 0, (all_pairs + diag) / np.maximum(pairs, 1), -diag / np.maximum(count, 1))
+
+
+def _cluster_items(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[np.int64],
+                   labels: NDArray[np.int64], n: int) -> MetricTerms:
+    """Mean P / logS over each cluster's query items (crops if single-track, else track means)."""
+    size = np.bincount(labels, minlength=n)
+    crop_cluster = labels[crop_track]
+    single_crop = size[crop_cluster] == 1
+    p = _sums(crops.p[single_crop], crop_cluster[single_crop], n)
+    logs = _sums(crops.logs[single_crop], crop_cluster[single_crop], n)
+    multi = size[labels] > 1
+    p += _sums(tracks.p[multi], labels[multi], n)
+    logs += _sums(tracks.logs[multi], labels[multi], n)
+    items = np.where(size == 1, np.bincount(crop_cluster, minlength=n), size).astype(np.float64)
+    return MetricTerms(p / np.maximum(items, 1)[:, None], logs / np.maximum(items, 1)[:, None])
+
+
+def _merge(score: NDArray[np.float64], match: NDArray[np.bool_], blocked: NDArray[np.bool_]) -> NDArray[np.int64]:
+    """Union matched clusters, cheapest first, never joining blocked (cannot-link) clusters."""
+    n = len(score)
+    parent = np.arange(n)
+    block = blocked.copy()
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    a, b = np.nonzero(np.triu(match, 1))
+    for k in np.argsort(score[a, b], kind="stable"):
+        ra, rb = find(int(a[k])), find(int(b[k]))
+        if ra == rb or block[ra, rb]:
+            continue
+        parent[rb] = ra
+        block[ra] |= block[rb]
+        block[:, ra] |= block[:, rb]
+    roots = np.array([find(i) for i in range(n)])
+    return np.unique(roots, return_inverse=True)[1].astype(np.int64)
+
+
+def cluster_tracks(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[np.int64],
+                   cannot_link: NDArray[np.bool_] | None, cfg: ClusterConfig) -> tuple[NDArray[np.int64], int]:
+    """Cluster labels (T,) of the tracks, and the number of iterations run."""
+    n_tracks = len(tracks.p)
+    labels = np.arange(n_tracks, dtype=np.int64)
+    if n_tracks < 2:
+        return labels, 0
+    cl = cannot_link if cannot_link is not None and cfg.respect_cooccurrence else np.zeros((n_tracks,) * 2, bool)
+    for it in range(1, cfg.max_iterations + 1):
+        n = int(labels.max()) + 1
+        thr = cluster_thresholds(crops, labels[crop_track], n)
+        items = _cluster_items(crops, tracks, crop_track, labels, n)
+        score = pair_losses(items, items)
+        match = (score < thr[:, None]) | (score < thr[None, :])
+        np.fill_diagonal(match, False)
+        onehot = np.zeros((n_tracks, n))
+        onehot[np.arange(n_tracks), labels] = 1
+        blocked = (onehot.T @ cl.astype(np.float64) @ onehot) > 0
+        merged = _merge(score, match & ~blocked, blocked)
+        if merged.max() + 1 == n:
+            return labels, it
+        labels = merged[labels]
+    return labels, cfg.max_iterations

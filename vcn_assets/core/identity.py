@@ -1,0 +1,112 @@
+"""Stages 2-4 end to end on Stage 1's output: finetune, soft-match, cluster.
+
+Usage::
+
+    inputs = ClusterInputs.from_stage1(track_ids, status, crop_track_id, views, frame_of_box, track_of_box)
+    out = cluster_movie(inputs, FinetuneConfig(), MatchConfig(), ClusterConfig())
+    out.cluster_of_track          # (T_all,) cluster id per track, -1 for tracks excluded (unknown / no crops)
+
+Only ``valid`` tracks are finetuned on and clustered; the others keep cluster -1.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+
+from vcn_assets.core.adaptation import pair_loss_terms
+from vcn_assets.core.clustering import MetricTerms, cluster_tracks
+from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig
+from vcn_assets.core.crops import VALID
+from vcn_assets.core.finetune import FinetuneResult, TrainingSet, finetune
+
+
+def cooccurrence(track_of_box: NDArray[np.int64], frame_of_box: NDArray[np.int64], n_tracks: int) -> NDArray[np.bool_]:
+    """(T, T) True where two tracks have a box in the same frame."""
+    if len(track_of_box) == 0:
+        return np.zeros((n_tracks, n_tracks), bool)
+    frames, frame_idx = np.unique(frame_of_box, return_inverse=True)
+    m = sp.csr_matrix((np.ones(len(track_of_box)), (track_of_box, frame_idx)), shape=(n_tracks, len(frames)))
+    co = (m @ m.T).toarray() > 0
+    np.fill_diagonal(co, False)
+    return co
+
+
+@dataclass(frozen=True)
+class ClusterInputs:
+    """Valid tracks' crops: ``views`` (C, V, D), ``crop_track`` (C,) in 0..T-1, ``track_ids`` (T,) the
+    original ids of the valid tracks, ``n_all`` tracks in total, ``valid_index`` (T,) their rows,
+    ``cannot_link`` (T, T)."""
+
+    views: NDArray[np.float32]
+    crop_track: NDArray[np.int64]
+    valid_index: NDArray[np.int64]
+    n_all: int
+    cannot_link: NDArray[np.bool_]
+
+    @classmethod
+    def from_stage1(cls, status: NDArray[np.str_], crop_track_row: NDArray[np.int64], views: NDArray[np.float32],
+                    cooccur_all: NDArray[np.bool_]) -> ClusterInputs:
+        """``status`` (T_all,), ``crop_track_row`` (C,) row of each crop's track, ``cooccur_all`` (T_all, T_all)."""
+        valid_index = np.flatnonzero(status == VALID)
+        remap = np.full(len(status), -1, np.int64)
+        remap[valid_index] = np.arange(len(valid_index))
+        keep = remap[crop_track_row] >= 0
+        cl = cooccur_all[np.ix_(valid_index, valid_index)]
+        return cls(views[keep], remap[crop_track_row[keep]], valid_index, len(status), cl)
+
+
+@dataclass(frozen=True)
+class ClusterOutput:
+    cluster_of_track: NDArray[np.int64]
+    finetune: FinetuneResult
+    n_iterations: int
+    seconds: dict[str, float]
+
+
+def metric_terms(ft: FinetuneResult, x: NDArray[np.float32]) -> MetricTerms:
+    p, logs = pair_loss_terms(ft.teacher, ft.student, ft.loss_fn, torch.from_numpy(np.ascontiguousarray(x)))
+    return MetricTerms(p.double().numpy(), logs.double().numpy())
+
+
+def track_mean_inputs(views: NDArray[np.float32], crop_track: NDArray[np.int64], n: int) -> NDArray[np.float32]:
+    x = F.normalize(torch.from_numpy(np.ascontiguousarray(views[:, 0])), dim=-1).numpy()
+    sums = np.zeros((n, x.shape[1]), np.float32)
+    np.add.at(sums, crop_track, x)
+    return (sums / np.maximum(np.bincount(crop_track, minlength=n), 1)[:, None]).astype(np.float32)
+
+
+def adapt(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: MatchConfig) -> FinetuneResult:
+    """Stages 2 and 3: all finetune -> soft-match rounds on the valid tracks."""
+    data = TrainingSet.build(inputs.views, inputs.crop_track, len(inputs.valid_index), inputs.cannot_link)
+    return finetune(data, ft_cfg, match_cfg)
+
+
+def final_clusters(inputs: ClusterInputs, ft: FinetuneResult, cl_cfg: ClusterConfig) -> tuple[NDArray[np.int64], int]:
+    """Stage 4: cluster id per track (all tracks; -1 for excluded ones) and the iterations run."""
+    n = len(inputs.valid_index)
+    out = np.full(inputs.n_all, -1, np.int64)
+    if n == 0:
+        return out, 0
+    crops = metric_terms(ft, inputs.views[:, 0])
+    tracks = metric_terms(ft, track_mean_inputs(inputs.views, inputs.crop_track, n))
+    labels, n_iter = cluster_tracks(crops, tracks, inputs.crop_track, inputs.cannot_link, cl_cfg)
+    out[inputs.valid_index] = labels
+    return out, n_iter
+
+
+def cluster_movie(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: MatchConfig,
+                  cl_cfg: ClusterConfig) -> ClusterOutput:
+    """Stages 2-4 in one call (what the three assets do in sequence)."""
+    t0 = time.perf_counter()
+    ft = adapt(inputs, ft_cfg, match_cfg)
+    t1 = time.perf_counter()
+    labels, n_iter = final_clusters(inputs, ft, cl_cfg)
+    seconds = {"finetune_and_match": t1 - t0, "cluster": time.perf_counter() - t1}
+    return ClusterOutput(labels, ft, n_iter, seconds)

@@ -1,0 +1,127 @@
+"""Stage 3: soft clustering by per-track Normal distributions of student embeddings.
+
+Usage::
+
+    m = soft_match(emb, crop_track, n_tracks, cannot_link, MatchConfig())
+    m.track_a, m.track_b     # track_b's mean embedding lies inside track_a's Normal
+    m.log_pdf, m.threshold   # log-pdf of track_b's mean under track_a, and track_a's threshold
+
+Covariance (the paper leaves it open; with 2-10 crops in 128 dimensions a sample covariance is
+singular): embeddings are first whitened with the movie's pooled within-track covariance (plus a
+small ridge), which captures how a face's embedding varies within one track; in that space each
+track gets a diagonal Normal whose variances are its own, shrunk toward 1 (the pooled value) with
+``prior_weight`` pseudo-crops. All pairwise log-pdfs are then three matrix products.
+threshold_T = log(mean of the lowest 25% of the pdfs of T's own crops) (computed with logsumexp).
+The whitening's log-determinant shifts every log-pdf and threshold by the same constant; it is
+left out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import logsumexp
+
+from vcn_assets.core.config import MatchConfig
+
+
+@dataclass(frozen=True)
+class SoftMatches:
+    """Directed matches: ``track_b`` soft-matches ``track_a`` (indices into the track list)."""
+
+    track_a: NDArray[np.int64]
+    track_b: NDArray[np.int64]
+    log_pdf: NDArray[np.float64]
+    threshold: NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.track_a)
+
+    def partners(self, n_tracks: int) -> list[NDArray[np.int64]]:
+        """For each track, the tracks matched in either direction."""
+        out: list[list[int]] = [[] for _ in range(n_tracks)]
+        for a, b in zip(self.track_a.tolist(), self.track_b.tolist()):
+            out[a].append(b)
+            out[b].append(a)
+        return [np.unique(np.asarray(p, np.int64)) for p in out]
+
+
+def whitener(emb: NDArray[np.float64], crop_track: NDArray[np.int64], ridge: float) -> NDArray[np.float64]:
+    """W with W^T Sigma_w W = I for the pooled within-track covariance Sigma_w (+ ridge)."""
+    d = emb.shape[1]
+    means = _track_means(emb, crop_track, int(crop_track.max()) + 1)
+    resid = emb - means[crop_track]
+    dof = max(len(emb) - len(np.unique(crop_track)), 1)
+    cov = resid.T @ resid / dof
+    cov += (ridge * max(np.trace(cov) / d, 1e-12) + 1e-12) * np.eye(d)
+    vals, vecs = np.linalg.eigh(cov)
+    return vecs / np.sqrt(vals)[None, :]
+
+
+def _track_means(x: NDArray[np.float64], crop_track: NDArray[np.int64], n: int) -> NDArray[np.float64]:
+    sums = np.zeros((n, x.shape[1]))
+    np.add.at(sums, crop_track, x)
+    counts = np.bincount(crop_track, minlength=n)[:, None]
+    return sums / np.maximum(counts, 1)
+
+
+def _track_vars(z: NDArray[np.float64], mu: NDArray[np.float64], crop_track: NDArray[np.int64], k: float):  # noqa: ANN202
+    n = len(mu)
+    sq = np.zeros_like(mu)
+    np.add.at(sq, crop_track, (z - mu[crop_track]) ** 2)
+    counts = np.bincount(crop_track, minlength=n)[:, None]
+    return (sq + k) / (counts + k)
+
+
+def _log_pdf_matrix(x: NDArray[np.float64], mu: NDArray[np.float64], var: NDArray[np.float64]) -> NDArray[np.float64]:
+    """log N(x_j | mu_i, diag var_i) for all i, j: (n_tracks, n_points)."""
+    inv = 1.0 / var
+    maha = (inv * mu**2).sum(1)[:, None] - 2 * (mu * inv) @ x.T + inv @ (x**2).T
+    return -0.5 * (maha + np.log(var).sum(1)[:, None] + mu.shape[1] * math.log(2 * math.pi))
+
+
+def _thresholds(own: NDArray[np.float64], crop_track: NDArray[np.int64], n: int, q: float) -> NDArray[np.float64]:
+    thr = np.full(n, np.inf)
+    for t in range(n):
+        vals = np.sort(own[crop_track == t])
+        if len(vals):
+            k = max(1, math.ceil(q * len(vals)))
+            thr[t] = logsumexp(vals[:k]) - math.log(k)
+    return thr
+
+
+def soft_match(
+    emb: NDArray[np.float32],
+    crop_track: NDArray[np.int64],
+    n_tracks: int,
+    cannot_link: NDArray[np.bool_] | None,
+    cfg: MatchConfig,
+) -> SoftMatches:
+    """All directed soft matches between ``n_tracks`` tracks from their crops' embeddings."""
+    empty = SoftMatches(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
+    if n_tracks < 2 or len(emb) == 0:
+        return empty
+    x = emb.astype(np.float64)
+    z = (x - x.mean(0)) @ whitener(x, crop_track, cfg.ridge)
+    mu = _track_means(z, crop_track, n_tracks)
+    var = _track_vars(z, mu, crop_track, cfg.prior_weight)
+    own = _own_log_pdf(z, mu, var, crop_track)
+    thr = _thresholds(own, crop_track, n_tracks, cfg.low_quantile)
+    scores = _log_pdf_matrix(mu, mu, var)  # (a, b): b's mean under a's Normal
+    ok = scores > thr[:, None]
+    np.fill_diagonal(ok, False)
+    if cannot_link is not None:
+        ok &= ~cannot_link
+    a, b = np.nonzero(ok)
+    return SoftMatches(a.astype(np.int64), b.astype(np.int64), scores[a, b], thr[a])
+
+
+def _own_log_pdf(
+    z: NDArray[np.float64], mu: NDArray[np.float64], var: NDArray[np.float64], crop_track: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """Log-pdf of each crop under its own track's Normal: (n_crops,)."""
+    v = var[crop_track]
+    return (-0.5 * ((z - mu[crop_track]) ** 2 / v + np.log(v) + math.log(2 * math.pi))).sum(1)

@@ -1,0 +1,133 @@
+"""Stages 2-4 as per-movie assets: ``finetuned_checkpoint`` -> ``soft_matches`` -> ``clusters``."""
+
+import json
+
+import dagster as dg
+import numpy as np
+import polars as pl
+
+from vcn_assets.core.checkpoint import load_checkpoint, save_checkpoint
+from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig, describe
+from vcn_assets.core.crops import UNKNOWN
+from vcn_assets.core.finetune import student_embeddings
+from vcn_assets.core.identity import ClusterInputs, adapt, cooccurrence, final_clusters
+from vcn_assets.core.soft_match import soft_match
+from vcn_assets.orchestration.assets import crops, user_errors
+from vcn_assets.orchestration.partitions import MOVIES
+from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
+from vcn_assets.store import tables
+
+FinetuneRun = config_class(FinetuneConfig)
+MatchRun = config_class(MatchConfig)
+ClusterRun = config_class(ClusterConfig)
+IDENTITY = "stage2_4_identity"
+
+
+def _inputs(vcn: VcnResource, key: str) -> tuple[ClusterInputs, np.ndarray, np.ndarray, np.ndarray]:
+    """ClusterInputs plus all track ids (T_all,), their status, and each crop's representative score."""
+    store = vcn.store()
+    tq = store.read("track_quality", key)
+    track_ids = tq["track_id"].to_numpy().astype(np.int64) if tq.height else np.zeros(0, np.int64)
+    status = np.asarray(tq["status"].to_list() if tq.height else [], dtype="<U8")
+    crop_track, views, score = tables.crops_arrays(store.read("crops", key))
+    boxes = store.read("track_boxes", key)
+    row = {t: i for i, t in enumerate(track_ids.tolist())}
+    crop_row = np.array([row[t] for t in crop_track.tolist()], np.int64)
+    box_row = np.array([row[t] for t in boxes["track_id"].to_list()], np.int64) if boxes.height else np.zeros(0, np.int64)
+    box_frame = boxes["frame_idx"].to_numpy().astype(np.int64) if boxes.height else np.zeros(0, np.int64)
+    co = cooccurrence(box_row, box_frame, len(track_ids))
+    return ClusterInputs.from_stage1(status, crop_row, views, co), track_ids, status, score
+
+
+def checkpoint_path(vcn: VcnResource, key: str):  # noqa: ANN201 - Path
+    return vcn.data_path / "checkpoints" / f"{key}.safetensors"
+
+
+@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[crops], code_version="finetune-1")
+def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun, vcn: VcnResource) -> dg.MaterializeResult:
+    """DINO-style student/teacher adaptation to this movie's tracks, alternating with soft matching."""
+    key = context.partition_key
+    cfg = to_core(config, FinetuneConfig)
+    with user_errors():
+        inputs, _, _, _ = _inputs(vcn, key)
+        result = adapt(inputs, cfg, MatchConfig())
+        path = checkpoint_path(vcn, key)
+        sha = save_checkpoint(path, result, inputs.views.shape[2], cfg)
+        per_round = max(cfg.steps_per_round, 1)
+        frames = {
+            "checkpoints": pl.DataFrame({"movie_key": [key], "path": [str(path)], "sha256": [sha],
+                                         "n_tracks": [len(inputs.valid_index)], "n_crops": [len(inputs.views)],
+                                         "rounds": [json.dumps(result.rounds)]}),
+            "finetune_loss": pl.DataFrame({"movie_key": [key] * len(result.losses),
+                                           "step": np.arange(len(result.losses), dtype=np.int32),
+                                           "round": (np.arange(len(result.losses)) // per_round + 1).astype(np.int32),
+                                           "loss": np.asarray(result.losses, np.float32)}),
+        }
+        vcn.store().replace(key, frames)
+    return dg.MaterializeResult(
+        metadata={"path": dg.MetadataValue.path(str(path)), "sha256": sha, "rounds": result.rounds,
+                  "loss_first": result.losses[0] if result.losses else None,
+                  "loss_last": result.losses[-1] if result.losses else None, "config": describe(cfg)},
+        data_version=dg.DataVersion(sha[:16]),
+    )
+
+
+@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[finetuned_checkpoint], code_version="match-1")
+def soft_matches(context: dg.AssetExecutionContext, config: MatchRun, vcn: VcnResource) -> dg.MaterializeResult:
+    """Per-track Normals of the finetuned student's embeddings; matched pairs of every round."""
+    key = context.partition_key
+    cfg = to_core(config, MatchConfig)
+    with user_errors():
+        inputs, track_ids, _, _ = _inputs(vcn, key)
+        ft = load_checkpoint(checkpoint_path(vcn, key), inputs.views.shape[2])
+        emb = student_embeddings(ft.student, inputs.views[:, 0])
+        final = soft_match(emb, inputs.crop_track, len(inputs.valid_index), inputs.cannot_link, cfg)
+        valid_ids = track_ids[inputs.valid_index]
+        rounds = [(r, m) for r, m in enumerate(ft.round_matches, start=1)] + [(0, final)]
+        frames = {"soft_matches": tables.matches_frame(key, rounds, valid_ids)}
+        vcn.store().replace(key, frames)
+    return dg.MaterializeResult(
+        metadata={"n_matches_final": len(final), "n_matches_per_round": [len(m) for m in ft.round_matches],
+                  "round_0_is": "final student", "config": describe(cfg)},
+        data_version=dg.DataVersion(tables.data_version(frames)),
+    )
+
+
+@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[soft_matches], code_version="cluster-1")
+def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnResource) -> dg.MaterializeResult:
+    """Stage 4: iterative merging with the learnt metric; unknown tracks kept apart."""
+    key = context.partition_key
+    cfg = to_core(config, ClusterConfig)
+    with user_errors():
+        inputs, track_ids, status, score = _inputs(vcn, key)
+        ft = load_checkpoint(checkpoint_path(vcn, key), inputs.views.shape[2])
+        labels, n_iter = final_clusters(inputs, ft, cfg)
+        frames = _cluster_frames(vcn, key, track_ids, status, labels, score)
+        vcn.store().replace(key, frames)
+    sizes = frames["cluster_summary"]["n_tracks"].to_list()
+    return dg.MaterializeResult(
+        metadata={"n_clusters": len(sizes), "largest_clusters": sorted(sizes, reverse=True)[:10],
+                  "n_unknown_tracks": int((status == UNKNOWN).sum()), "iterations": n_iter, "config": describe(cfg)},
+        data_version=dg.DataVersion(tables.data_version(frames)),
+    )
+
+
+def _cluster_frames(vcn: VcnResource, key: str, track_ids: np.ndarray, status: np.ndarray, labels: np.ndarray,
+                    score: np.ndarray) -> dict[str, pl.DataFrame]:
+    store = vcn.store()
+    assigned = pl.DataFrame({"movie_key": [key] * len(track_ids), "track_id": track_ids.astype(np.int32),
+                             "cluster_id": labels.astype(np.int32), "status": status.tolist()})
+    crops_df = store.read("crops", key).select("crop_id", "track_id", "frame_idx")
+    crops_df = crops_df.with_columns(pl.Series("score", score)) if crops_df.height else crops_df.with_columns(pl.lit(0.0).alias("score"))
+    tracks_df = store.read("tracks", key).select("track_id", "start_frame", "end_frame")
+    valid = assigned.filter(pl.col("cluster_id") >= 0)
+    per_track = valid.join(tracks_df, on="track_id", how="left")
+    summary = per_track.group_by("cluster_id").agg(
+        pl.len().cast(pl.Int32).alias("n_tracks"), pl.col("start_frame").min().alias("first_frame"),
+        pl.col("end_frame").max().alias("last_frame"))
+    crops_c = crops_df.join(valid.select("track_id", "cluster_id"), on="track_id", how="inner")
+    rep = crops_c.sort(["score", "crop_id"], descending=[True, False]).group_by("cluster_id").agg(
+        pl.col("crop_id").first().alias("rep_crop_id"), pl.len().cast(pl.Int32).alias("n_crops"))
+    summary = summary.join(rep, on="cluster_id", how="left").with_columns(pl.lit(key).alias("movie_key")).sort("cluster_id")
+    return {"clusters": assigned, "cluster_summary": summary.select(
+        "movie_key", "cluster_id", "n_tracks", "n_crops", "rep_crop_id", "first_frame", "last_frame")}

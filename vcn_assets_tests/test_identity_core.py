@@ -1,0 +1,151 @@
+"""Stages 2-4 core units: learnt metric algebra, Stage 4 merging, soft matching, finetuning."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from vcn_assets.core.clustering import MetricTerms, cluster_thresholds, cluster_tracks, pair_losses
+from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig
+from vcn_assets.core.finetune import TrainingSet, finetune
+from vcn_assets.core.identity import ClusterInputs, cluster_movie, cooccurrence
+from vcn_assets.core.soft_match import soft_match
+
+
+def _terms(p: np.ndarray) -> MetricTerms:
+    p = np.asarray(p, np.float64)
+    return MetricTerms(p, np.log(np.clip(p, 1e-9, None)))
+
+
+def test_pair_loss_mean_equals_loss_of_means() -> None:
+    rng = np.random.default_rng(0)
+    a, b = _terms(rng.dirichlet(np.ones(5), 4)), _terms(rng.dirichlet(np.ones(5), 3))
+    mean_a = MetricTerms(a.p.mean(0, keepdims=True), a.logs.mean(0, keepdims=True))
+    mean_b = MetricTerms(b.p.mean(0, keepdims=True), b.logs.mean(0, keepdims=True))
+    assert pair_losses(a, b).mean() == pytest.approx(pair_losses(mean_a, mean_b)[0, 0])
+    np.testing.assert_allclose(pair_losses(a, b), pair_losses(b, a).T)
+
+
+def test_cluster_thresholds_exact() -> None:
+    crops = _terms([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
+    thr = cluster_thresholds(crops, np.array([0, 0, 1]), 2)
+    full = pair_losses(crops, crops)
+    assert thr[0] == pytest.approx(full[0, 1])  # the one pair of distinct crops in cluster 0
+    assert thr[1] == pytest.approx(full[2, 2])  # one crop: its loss with itself
+
+
+def _blob_terms(n_id: int, tracks_per_id: int, crops_per_track: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    k = 8
+    crop_p, crop_track, ident = [], [], []
+    for i in range(n_id):
+        for _ in range(tracks_per_id):
+            t = len(ident)
+            ident.append(i)
+            for _ in range(crops_per_track):
+                logits = np.full(k, 0.0)
+                logits[i] = 4.0
+                crop_p.append(np.exp(logits + rng.normal(0, 0.3, k)))
+                crop_track.append(t)
+    p = np.array(crop_p)
+    p /= p.sum(1, keepdims=True)
+    crop_track = np.array(crop_track)
+    track_p = np.stack([p[crop_track == t].mean(0) for t in range(len(ident))])
+    return _terms(p), _terms(track_p), crop_track, np.array(ident)
+
+
+def test_cluster_tracks_recovers_identities() -> None:
+    crops, tracks, crop_track, ident = _blob_terms(3, 4, 5)
+    labels, n_iter = cluster_tracks(crops, tracks, crop_track, None, ClusterConfig())
+    assert n_iter >= 2
+    assert len(set(labels.tolist())) == 3
+    for i in range(3):
+        assert len(set(labels[ident == i].tolist())) == 1
+
+
+def test_cluster_tracks_never_merges_cooccurring_tracks() -> None:
+    crops, tracks, crop_track, ident = _blob_terms(1, 3, 4)
+    cl = np.zeros((3, 3), bool)
+    cl[0, 1] = cl[1, 0] = True
+    labels, _ = cluster_tracks(crops, tracks, crop_track, cl, ClusterConfig())
+    assert labels[0] != labels[1]
+    assert len(set(labels.tolist())) == 2
+    labels, _ = cluster_tracks(crops, tracks, crop_track, cl, ClusterConfig(respect_cooccurrence=False))
+    assert len(set(labels.tolist())) == 1
+
+
+def test_cluster_tracks_edge_sizes() -> None:
+    crops, tracks, crop_track, _ = _blob_terms(1, 1, 3)
+    assert cluster_tracks(crops, tracks, crop_track, None, ClusterConfig())[0].tolist() == [0]
+
+
+def test_cooccurrence_exact() -> None:
+    co = cooccurrence(np.array([0, 0, 1, 2, 2]), np.array([1, 2, 2, 5, 6]), 4)
+    expected = np.zeros((4, 4), bool)
+    expected[0, 1] = expected[1, 0] = True
+    np.testing.assert_array_equal(co, expected)
+
+
+def _blob_views(n_id: int, tracks_per_id: int, crops: int, dim: int = 16, seed: int = 0, spread: float = 0.03):
+    """Identities far apart; a track's centre varies around its identity by ``spread`` per dimension,
+    its crops by 0.1 (a track of one person covers how that person looks across tracks)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_id, dim))
+    views, crop_track, ident = [], [], []
+    for i in range(n_id):
+        for _ in range(tracks_per_id):
+            t = len(ident)
+            ident.append(i)
+            track_centre = centres[i] + rng.normal(0, spread, dim)
+            for _ in range(crops):
+                v = track_centre + rng.normal(0, 0.1, (2, dim))
+                views.append(v)
+                crop_track.append(t)
+    return np.array(views, np.float32), np.array(crop_track), np.array(ident)
+
+
+def test_soft_match_links_same_identity_tracks_only() -> None:
+    views, crop_track, ident = _blob_views(3, 3, 8)
+    n = len(ident)
+    m = soft_match(views[:, 0], crop_track, n, np.zeros((n, n), bool), MatchConfig())
+    assert len(m) > 0
+    assert np.all(ident[m.track_a] == ident[m.track_b])
+    assert np.all(m.log_pdf > m.threshold)
+
+
+def test_soft_match_edge_cases() -> None:
+    views, crop_track, _ = _blob_views(1, 1, 3)
+    assert len(soft_match(views[:, 0], crop_track, 1, None, MatchConfig())) == 0
+
+
+SMALL = FinetuneConfig(rounds=2, steps_per_round=30, warmup_steps=10, batch_tracks=16, hidden_dim=32,
+                       bottleneck_dim=16, out_dim=32)
+
+
+def test_finetune_is_deterministic_and_learns() -> None:
+    views, crop_track, ident = _blob_views(3, 3, 6)
+    data = TrainingSet.build(views, crop_track, len(ident), np.zeros((len(ident),) * 2, bool))
+    a = finetune(data, SMALL, MatchConfig())
+    b = finetune(data, SMALL, MatchConfig())
+    for (ka, va), (kb, vb) in zip(a.student.state_dict().items(), b.student.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb)
+    assert torch.equal(a.loss_fn.center, b.loss_fn.center)
+    assert a.losses == b.losses and len(a.losses) == 60
+    assert np.mean(a.losses[-10:]) < np.mean(a.losses[:10])
+    assert [r["round"] for r in a.rounds] == [1, 2] and len(a.round_matches) == 2
+
+
+def test_cluster_movie_handles_zero_one_and_unknown_tracks() -> None:
+    views, crop_track, ident = _blob_views(2, 2, 4)
+    status = np.array(["valid", "unknown", "valid", "no_crops"])
+    crop_row = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])  # track 3's crops are ignored
+    co = np.zeros((4, 4), bool)
+    inputs = ClusterInputs.from_stage1(status, crop_row, views, co)
+    out = cluster_movie(inputs, SMALL, MatchConfig(), ClusterConfig())
+    assert out.cluster_of_track[1] == -1 and out.cluster_of_track[3] == -1
+    assert out.cluster_of_track[0] >= 0 and out.cluster_of_track[2] >= 0
+    none = ClusterInputs.from_stage1(np.array(["unknown"]), np.array([0]), views[:1], np.zeros((1, 1), bool))
+    assert cluster_movie(none, SMALL, MatchConfig(), ClusterConfig()).cluster_of_track.tolist() == [-1]
+    one = ClusterInputs.from_stage1(np.array(["valid"]), np.zeros(3, np.int64), views[:3], np.zeros((1, 1), bool))
+    assert cluster_movie(one, SMALL, MatchConfig(), ClusterConfig()).cluster_of_track.tolist() == [0]
