@@ -84,10 +84,16 @@ def _print_summary(vcn, key: str, home: Path) -> None:  # noqa: ANN001
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    from vcn_assets.bench.clustering_eval import parse_methods
     from vcn_assets.bench.run import run_bench, table
     from vcn_assets.core.config import ModelConfig
 
-    results = run_bench([Path(c) for c in args.cases], args.json, ModelConfig(backend=args.backend))
+    try:
+        methods = parse_methods(args.methods)
+    except ValueError as e:
+        raise SystemExit(f"vcn bench: {e}") from e
+    results = run_bench([Path(c) for c in args.cases], args.json, ModelConfig(backend=args.backend),
+                        methods=methods, cache_dir=args.cache)
     print(table(results))
 
 
@@ -124,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("cases", nargs="+")
     b.add_argument("--json", type=Path, default=None)
     b.add_argument("--backend", default="auto")
+    b.add_argument("--methods", default=None,
+                   help="comma list of clustering methods to score (default all): "
+                        "vcn,vcn_no_finetune,ahc,hdbscan,chinese_whispers,finch")
+    b.add_argument("--cache", type=Path, default=None, metavar="DIR",
+                   help="benchmark convenience: pickle each case's Stage 1 result under DIR (keyed by "
+                        "case name, sha256 of movie.mp4, PipelineConfig and backend) and reuse it, so "
+                        "clustering can be iterated without re-running detection; clear DIR after "
+                        "changing Stage 1 code")
     b.set_defaults(fn=cmd_bench)
     a = sub.add_parser("add", help="copy a movie into the movies folder and register its partition")
     a.add_argument("path")

@@ -51,7 +51,7 @@ def test_dlib_embedder_separates_identities() -> None:
     np.testing.assert_array_equal(samples[:, 0], e)  # sample 0 is the unperturbed chip
     d = np.linalg.norm(e[:, None] - e[None], axis=2)
     assert d[np.triu_indices(3, 1)].min() > 0.6  # different people, dlib's same-person cut is 0.6
-    assert np.linalg.norm(samples[:, 0] - samples[:, 1], axis=1).max() < 0.3  # mirror stays close
+    assert np.linalg.norm(samples[:, 0] - samples[:, 1], axis=1).max() < 0.6  # mirror: same person by dlib's cut
 
 
 def test_materialize_whole_graph_dlib_backend(

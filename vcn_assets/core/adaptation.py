@@ -49,15 +49,25 @@ class DINOHead(nn.Module):
 
 
 class AdaptNet(nn.Module):
-    """Adapter + DINO head on unit-norm backbone embeddings."""
+    """Adapter + DINO head on backbone embeddings centred on the movie's mean face.
+
+    Face descriptors of one movie all lie in a narrow cone (a large common component); without
+    centring, the MLP sees near-identical inputs and DINO collapses to a uniform output (measured on
+    tbbt_s01e01_open: teacher entropy = log K within 100 steps). ``input_mean`` is a buffer, saved
+    with the checkpoint.
+    """
 
     def __init__(self, in_dim: int, cfg: FinetuneConfig) -> None:
         super().__init__()
         self.adapter = Adapter(in_dim, cfg.hidden_dim)
         self.head = DINOHead(in_dim, cfg.hidden_dim, cfg.bottleneck_dim, cfg.out_dim)
+        self.register_buffer("input_mean", torch.zeros(in_dim))
+
+    def set_input_mean(self, x: Tensor) -> None:
+        self.input_mean.copy_(F.normalize(x, dim=-1).mean(0))
 
     def embed(self, x: Tensor) -> Tensor:
-        return F.normalize(self.adapter(F.normalize(x, dim=-1)), dim=-1)
+        return F.normalize(self.adapter(F.normalize(F.normalize(x, dim=-1) - self.input_mean, dim=-1)), dim=-1)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.embed(x))

@@ -102,7 +102,9 @@ def ahc(
     merging "two faces in one frame"), transposed to dlib descriptors. The default threshold 0.6 is
     dlib's documented same-person cut, the setting face_recognition/dlib users default to. With average
     linkage the cut compares a mean pairwise distance between two clusters with that pair-level cut:
-    lower (0.5) trades more clusters for fewer wrong merges; higher merges look-alikes.
+    lower (0.5) trades more clusters for fewer wrong merges; higher merges look-alikes. On the four
+    dev cases' ground-truth tracks 0.6 scores a pairwise and B-cubed F at least as high as 0.5 on
+    every case, with the same purity (WCP).
 
     Args:
         track_emb: (T, D) track embeddings.
@@ -113,8 +115,9 @@ def ahc(
             sharing a frame). Symmetrised; the diagonal is ignored. Those pairs get a distance
             ``big > threshold * T**2 / 4`` before linkage, so any two clusters holding such a pair have
             an average (or maximum) distance above ``threshold`` and never merge below the cut, while
-            the distance between any other two clusters is unchanged: the result is exactly greedy
-            average (complete) linkage that skips forbidden merges. Single linkage cannot honour it
+            the distance between any other two clusters is unchanged. Average and complete linkage
+            never invert (merge heights only grow), so the cut keeps exactly the merges of greedy
+            average (complete) linkage that skips forbidden pairs. Single linkage cannot honour it
             (a forbidden pair can be joined through a third track), so it raises ValueError.
 
     Returns:

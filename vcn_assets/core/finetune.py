@@ -145,6 +145,8 @@ def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig) ->
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         student = AdaptNet(data.views.shape[2], cfg)
+    if len(data.views):
+        student.set_input_mean(torch.from_numpy(data.views[:, 0]))
     teacher = copy.deepcopy(student).requires_grad_(False)
     loss_fn = DINOLoss(cfg.out_dim, cfg)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

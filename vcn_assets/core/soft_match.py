@@ -7,7 +7,8 @@ Usage::
     m.log_pdf, m.threshold   # log-pdf of track_b's mean under track_a, and track_a's threshold
 
 Covariance (the paper leaves it open; with 2-10 crops in 128 dimensions a sample covariance is
-singular): embeddings are first whitened with the movie's pooled within-track covariance (plus a
+singular): embeddings are projected on the top ``dims`` principal axes of the track means (a
+low-rank model: the directions in which tracks differ), then whitened with the movie's pooled within-track covariance (plus a
 small ridge), which captures how a face's embedding varies within one track; in that space each
 track gets a diagonal Normal whose variances are its own, shrunk toward 1 (the pooled value) with
 ``prior_weight`` pseudo-crops. All pairwise log-pdfs are then three matrix products.
@@ -61,6 +62,14 @@ def whitener(emb: NDArray[np.float64], crop_track: NDArray[np.int64], ridge: flo
     return vecs / np.sqrt(vals)[None, :]
 
 
+def principal_subspace(x: NDArray[np.float64], crop_track: NDArray[np.int64], n: int, dims: int) -> NDArray[np.float64]:
+    """Centre ``x`` and project it on the top ``dims`` principal axes of the track means."""
+    x = x - x.mean(0)
+    means = _track_means(x, crop_track, n)
+    _, _, vt = np.linalg.svd(means - means.mean(0), full_matrices=False)
+    return x @ vt[: min(dims, len(vt))].T
+
+
 def _track_means(x: NDArray[np.float64], crop_track: NDArray[np.int64], n: int) -> NDArray[np.float64]:
     sums = np.zeros((n, x.shape[1]))
     np.add.at(sums, crop_track, x)
@@ -104,8 +113,8 @@ def soft_match(
     empty = SoftMatches(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0))
     if n_tracks < 2 or len(emb) == 0:
         return empty
-    x = emb.astype(np.float64)
-    z = (x - x.mean(0)) @ whitener(x, crop_track, cfg.ridge)
+    x = principal_subspace(emb.astype(np.float64), crop_track, n_tracks, cfg.dims)
+    z = x @ whitener(x, crop_track, cfg.ridge)
     mu = _track_means(z, crop_track, n_tracks)
     var = _track_vars(z, mu, crop_track, cfg.prior_weight)
     own = _own_log_pdf(z, mu, var, crop_track)

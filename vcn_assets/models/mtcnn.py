@@ -21,25 +21,25 @@ box regression and squaring. (2) RNet rescores 24x24 crops of all candidates in 
 regression, squaring. (3) ONet rescores 48x48 crops in one batch and gives five landmarks; then
 regression and NMS 0.7 with intersection-over-minimum.
 
-Box arithmetic follows the original (Matlab) MTCNN, whose RNet/ONet were trained on candidates made
-that way, and that its Python ports (facenet-pytorch, ...) report: boxes are kept as pixel-edge
-coordinates; PNet cell (i, j) at scale s becomes [floor((2j+1)/s) - 1, floor((2j+12)/s)] (the
-original's 1-based mapping: the left/top edge lies 1/s - 1 px inside the window); a box is cropped
-over its whole pixels [floor(x1), floor(x2)); offsets are fractions of the unrounded box. Final
-x1/y1 are reported as the original reports them, as the 1-based index of the first pixel (1 px
-inside the edge box); x2/y2 are exclusive ends either way. This bookkeeping is worth ~4 points of
-recall at IoU 0.5 on tbbt_s01e01_open (0.86 -> 0.90 over all frames, matching facenet-pytorch):
-its ground-truth boxes sit lower and tighter than MTCNN's. Landmarks are placed on the crop ONet
-saw; output boxes are clipped to the frame.
+Box arithmetic reproduces the original (Matlab) MTCNN and its Python ports (facenet-pytorch),
+quirks included, as that is the pipeline the weights and the project's recall figures come from.
+Boxes are kept as pixel-edge coordinates; PNet cell (i, j) at scale s becomes [floor((2j+1)/s) - 1,
+floor((2j+12)/s)] (the original's 1-based mapping: the left/top edge lies 1/s - 1 px inside the
+window); a box is cropped over its whole pixels [floor(x1), floor(x2)); offsets are fractions of
+the unrounded box. Final x1/y1 are reported as the original reports them, as the 1-based index of
+the first pixel (1 px inside the edge box); x2/y2 are exclusive ends either way. This bookkeeping
+is worth ~4 points of recall at IoU 0.5 on tbbt_s01e01_open (0.86 -> 0.90 over all frames, as
+facenet-pytorch): its ground-truth boxes sit lower and tighter than MTCNN's. Landmarks are placed
+on the crop ONet saw; output boxes are clipped to the frame.
 
 Crops are sampled with ``grid_sample`` from a 1, 1/2, 1/4, ... mip pyramid (2x supersampled, then
-2x2 averaged: equivalent to the area resampling the reference uses, ONet offsets agree to ~0.001);
-outside the frame the crop is black, as in the original. The weights expect RGB scaled as
-(x - 127.5) * 0.0078125; that transform and the BGR->RGB swap are folded into each net's first
-convolution, so raw BGR pixel values go in. Dense layers take feature maps flattened in (W, H, C)
-order (the transposed layout of the Caffe original). ONet's landmarks come out as left eye, right
-eye, nose, left and right mouth corner with "left" the image left: the ArcFace order of
-``Detections.kps``. The nets run channels-last in memory (2-15x faster on CPU here).
+2x2 averaged: on the same boxes, ONet's offsets differ from those on the reference's area-resampled
+crops by 0.007 box sides rms); outside the frame the crop is black, as in the original. The
+weights expect RGB scaled as (x - 127.5) * 0.0078125; that transform and the BGR->RGB swap are
+folded into each net's first convolution, so raw BGR pixel values go in. Dense layers take feature
+maps flattened in (W, H, C) order (the transposed layout of the Caffe original). ONet's landmarks
+come out as left eye, right eye, nose, left and right mouth corner with "left" the image left: the
+ArcFace order of ``Detections.kps``. The nets run channels-last in memory (2-15x faster on CPU).
 """
 
 from __future__ import annotations
