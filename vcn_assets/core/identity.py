@@ -94,9 +94,11 @@ def final_clusters(inputs: ClusterInputs, ft: FinetuneResult, cl_cfg: ClusterCon
     out = np.full(inputs.n_all, -1, np.int64)
     if n == 0:
         return out, 0
-    crops = metric_terms(ft, inputs.views[:, 0])
+    views = inputs.views if cl_cfg.use_views else inputs.views[:, :1]
+    crops = metric_terms(ft, views.reshape(-1, views.shape[2]))
+    crop_track = np.repeat(inputs.crop_track, views.shape[1])
     tracks = metric_terms(ft, track_mean_inputs(inputs.views, inputs.crop_track, n))
-    labels, n_iter = cluster_tracks(crops, tracks, inputs.crop_track, inputs.cannot_link, cl_cfg)
+    labels, n_iter = cluster_tracks(crops, tracks, crop_track, inputs.cannot_link, cl_cfg)
     out[inputs.valid_index] = labels
     return out, n_iter
 
