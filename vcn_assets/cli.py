@@ -13,8 +13,8 @@ import argparse
 import logging
 import os
 import shutil
-import warnings
 import sys
+import warnings
 from pathlib import Path
 
 log = logging.getLogger("vcn")
@@ -72,7 +72,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     _print_summary(vcn, key, home)
 
 
-def _print_summary(vcn, key: str, home: Path) -> None:  # noqa: ANN001
+def _print_summary(vcn, key: str, home: Path) -> None:
     store = vcn.store()
     counts = {t: store.count(t, key) for t in ("shots", "tracks", "crops", "cluster_summary")}
     status = store.read("track_quality", key)["status"].value_counts().sort("status").rows()

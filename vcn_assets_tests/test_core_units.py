@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vcn_assets.core.align import align_faces, similarity_transform
-from vcn_assets.core.config import CropConfig, ShotConfig, TrackConfig
+from vcn_assets.core.config import CropConfig, ModelConfig, ShotConfig, TrackConfig
 from vcn_assets.core.crops import NO_CROPS, UNKNOWN, VALID, sample_rows, size_filter, summarise_tracks
 from vcn_assets.core.pipeline import PipelineConfig, run_stage1
 from vcn_assets.core.quality import frontalness, mad_outliers, serfiq_quality
@@ -19,7 +19,6 @@ from vcn_assets.core.video import probe
 from vcn_assets.models.base import ARCFACE_ALIGNMENT, ARCFACE_TEMPLATE_112, Detections
 from vcn_assets.models.fake import FakeDetector
 from vcn_assets.models.registry import build_models
-from vcn_assets.core.config import ModelConfig
 
 
 def test_similarity_transform_recovers_known_transform() -> None:

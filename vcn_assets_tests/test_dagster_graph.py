@@ -83,6 +83,13 @@ def test_movie_file_observation_versions_by_content(instance: dg.DagsterInstance
     assert result.success
     obs = result.get_asset_observation_events()[0].asset_observation_data.asset_observation
     assert obs.partition == "ep1" and len(obs.tags["dagster/data_version"]) == 64
+    assert obs.metadata["n_frames"].value == 60 and obs.metadata["fps"].value == 25.0
+    assert obs.metadata["size"].value == "240x160"
+    assert len(result.get_asset_observation_events()) == 1
+    from dagster import AssetKey
+
+    record = instance.get_latest_data_version_record(AssetKey("movie_file"), partition_key="ep1")
+    assert record is not None
 
 
 def test_sensor_adds_new_movies_as_partitions(instance: dg.DagsterInstance, data_dir: Path, blob_movie: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import duckdb
 import polars as pl
 import pytest
 
@@ -72,7 +73,7 @@ def test_failed_replace_leaves_previous_rows(tmp_path: Path) -> None:
     store = Store(tmp_path / "db.duckdb")
     store.replace("m", {"shots": _shots(3)})
     bad = pl.DataFrame({"movie_key": ["m"], "shot_idx": ["not an int"]})
-    with pytest.raises(Exception):
+    with pytest.raises(duckdb.Error):
         store.replace("m", {"shots": _shots(5), "tracks": bad})
     assert store.count("shots", "m") == 3  # the whole transaction rolled back
 

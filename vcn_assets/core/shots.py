@@ -34,7 +34,7 @@ class Shots:
             raise ValueError("every shot must end at or after its start")
 
     def __len__(self) -> int:
-        return int(len(self.start_frame))
+        return len(self.start_frame)
 
     @property
     def cuts(self) -> NDArray[np.int64]:
@@ -53,7 +53,7 @@ class Shots:
         return cls(start, end)
 
 
-def _make_detector(cfg: ShotConfig):  # noqa: ANN202 - scenedetect.SceneDetector
+def _make_detector(cfg: ShotConfig):
     from scenedetect.detectors import AdaptiveDetector, ContentDetector
 
     if cfg.detector == "adaptive":

@@ -77,7 +77,7 @@ def _track_means(x: NDArray[np.float64], crop_track: NDArray[np.int64], n: int) 
     return sums / np.maximum(counts, 1)
 
 
-def _track_vars(z: NDArray[np.float64], mu: NDArray[np.float64], crop_track: NDArray[np.int64], k: float):  # noqa: ANN202
+def _track_vars(z: NDArray[np.float64], mu: NDArray[np.float64], crop_track: NDArray[np.int64], k: float):
     n = len(mu)
     sq = np.zeros_like(mu)
     np.add.at(sq, crop_track, (z - mu[crop_track]) ** 2)

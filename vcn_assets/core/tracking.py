@@ -53,7 +53,7 @@ class TrackBoxes:
 
     @property
     def n_tracks(self) -> int:
-        return int(len(np.unique(self.track_id)))
+        return len(np.unique(self.track_id))
 
     @classmethod
     def empty(cls) -> TrackBoxes:

@@ -56,7 +56,7 @@ def content_hash(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _open(path: Path):  # noqa: ANN202 - av.container.InputContainer
+def _open(path: Path):
     import av
 
     if not path.is_file():
@@ -136,7 +136,7 @@ def _scaled_size(w: int, h: int, width: int | None) -> tuple[int, int] | None:
     return width, max(2, int(round(h * width / w / 2)) * 2)
 
 
-def _to_bgr(frame, size: tuple[int, int] | None) -> NDArray[np.uint8]:  # noqa: ANN001 - av.VideoFrame
+def _to_bgr(frame, size: tuple[int, int] | None) -> NDArray[np.uint8]:
     if size is None:
         return frame.to_ndarray(format="bgr24")
     return frame.to_ndarray(format="bgr24", width=size[0], height=size[1])

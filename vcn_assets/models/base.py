@@ -3,7 +3,7 @@
 Usage::
 
     from vcn_assets.models import build_models
-    models = build_models("auto")
+    models = build_models(ModelConfig(backend="auto"))
     dets = models.detector.detect(frame_bgr)          # Detections, boxes in pixels
     crops = align_faces(frame_bgr, dets.kps, models.embedder.alignment)
     emb = models.embedder.embed(crops)                # (N, D) float32

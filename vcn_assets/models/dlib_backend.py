@@ -23,9 +23,11 @@ occlusion, not a face).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import multiprocessing
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from importlib.util import find_spec
 from pathlib import Path
@@ -90,7 +92,7 @@ class DlibEmbedder:
     def embed(self, aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:
         if len(aligned_bgr) == 0:
             return np.zeros((0, self.dim), np.float32)
-        if self.workers == 1 or len(aligned_bgr) < 2 * self.workers:
+        if self.workers == 1 or len(aligned_bgr) < 2 * self.workers or not _can_spawn():
             return _describe(self._net, aligned_bgr)
         if self._pool is None:
             ctx = multiprocessing.get_context("spawn")
@@ -114,7 +116,7 @@ class DlibEmbedder:
         return samples[:, 0].copy(), np.ascontiguousarray(samples)
 
 
-def _describe(net, aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:  # noqa: ANN001 - dlib net
+def _describe(net, aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:
     chips = [np.ascontiguousarray(c[:, :, ::-1]) for c in aligned_bgr]  # dlib wants RGB
     return np.asarray(net.compute_face_descriptor(chips), np.float32).reshape(-1, 128)
 
@@ -122,10 +124,20 @@ def _describe(net, aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:  # no
 _WORKER_NET = None
 
 
+@functools.cache
+def _can_spawn() -> bool:
+    """Spawned workers re-import the main script; a main read from stdin or ``-c`` cannot be."""
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    ok = main_file is None or Path(main_file).is_file()
+    if not ok:
+        log.info("dlib embedder: main script %s cannot be re-imported; embedding in one process", main_file)
+    return ok
+
+
 def _init_worker(model_file: str) -> None:
     import dlib
 
-    global _WORKER_NET  # noqa: PLW0603 - one network per worker process
+    global _WORKER_NET
     _WORKER_NET = dlib.face_recognition_model_v1(model_file)
 
 

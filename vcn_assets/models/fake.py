@@ -2,7 +2,7 @@
 
 Usage::
 
-    models = build_models("fake")
+    models = build_models(ModelConfig(backend="fake"))
 
 The detector finds bright-on-dark "faces" drawn by the tests: connected components of pixels
 above ``threshold`` in the grey frame, with landmarks placed at the ArcFace template positions

@@ -36,24 +36,27 @@ def _threads(cfg: ModelConfig) -> int | None:
     return cfg.num_threads or None
 
 
-def _build_fake(cfg: ModelConfig, min_face_px: int, min_score: float) -> FaceModels:
+def _build_fake(cfg: ModelConfig, min_face_px: int, min_score: float, max_side: int) -> FaceModels:
     from vcn_assets.models.fake import FakeDetector, FakeEmbedder
 
     return FaceModels("fake", FakeDetector(), FakeEmbedder(), {"backend": "fake", "version": 1})
 
 
-def _build_dlib(cfg: ModelConfig, min_face_px: int, min_score: float) -> FaceModels:
+def _build_dlib(cfg: ModelConfig, min_face_px: int, min_score: float, max_side: int) -> FaceModels:
     from vcn_assets.models.dlib_backend import DlibEmbedder
     from vcn_assets.models.mtcnn import MTCNNConfig, MTCNNDetector
 
-    det_cfg = MTCNNConfig(min_face_px=min_face_px, min_score=min_score or MTCNN_MIN_SCORE, device=_device(cfg))
+    det_cfg = MTCNNConfig(
+        min_face_px=min_face_px, min_score=min_score or MTCNN_MIN_SCORE, max_side=max_side or None,
+        device=_device(cfg),
+    )
     detector = MTCNNDetector(det_cfg, num_threads=_threads(cfg))
     embedder = DlibEmbedder(workers=cfg.embed_workers or os.cpu_count() or 1)
     identity = {"backend": "dlib", "detector": "mtcnn(facenet-pytorch weights)", **embedder.identity()}
     return FaceModels("dlib", detector, embedder, identity)
 
 
-def _build_insightface(cfg: ModelConfig, min_face_px: int, min_score: float) -> FaceModels:
+def _build_insightface(cfg: ModelConfig, min_face_px: int, min_score: float, max_side: int) -> FaceModels:
     from vcn_assets.models import insightface_backend as ib
 
     icfg = ib.InsightFaceConfig(
@@ -67,7 +70,7 @@ def _build_insightface(cfg: ModelConfig, min_face_px: int, min_score: float) -> 
     return ib.build_insightface_models(icfg)
 
 
-BACKENDS: dict[str, Callable[[ModelConfig, int, float], FaceModels]] = {
+BACKENDS: dict[str, Callable[[ModelConfig, int, float, int], FaceModels]] = {
     "insightface": _build_insightface,
     "dlib": _build_dlib,
     "fake": _build_fake,
@@ -89,10 +92,13 @@ def resolve_backend(cfg: ModelConfig) -> str:
     return chosen
 
 
-def build_models(cfg: ModelConfig, min_face_px: int = 20, min_score: float = 0.0) -> FaceModels:
-    """Build the backend named by ``cfg`` (heavy libraries are imported only here)."""
+def build_models(
+    cfg: ModelConfig, min_face_px: int = 20, min_score: float = 0.0, max_side: int = 960
+) -> FaceModels:
+    """Build the backend named by ``cfg`` (heavy libraries are imported only here). ``max_side``
+    downscales large frames before MTCNN detection (0 = never); SCRFD uses its own ``det_size``."""
     name = resolve_backend(cfg)
-    models = BACKENDS[name](cfg, min_face_px, min_score)
+    models = BACKENDS[name](cfg, min_face_px, min_score, max_side)
     log.info("face models: %s", models.identity)
     return models
 

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG  # the tag Dagster reads versions from
 import numpy as np
 
 from vcn_assets.core.checkpoint import CheckpointError
@@ -55,13 +56,25 @@ def _result(frames: dict, metadata: dict) -> dg.MaterializeResult:
 
 @dg.observable_source_asset(partitions_def=MOVIES, group_name=STAGE1, description="A movie file in the movies folder.")
 def movie_file(context: dg.OpExecutionContext, vcn: VcnResource) -> dg.DataVersionsByPartition:
-    """Data version = sha256 of the file's bytes, observed per partition."""
+    """Data version = sha256 of the file's bytes, with fps, frame count, size and duration.
+
+    Observed per partition (or every known movie when run unpartitioned). Each observation is logged
+    here with its metadata and data-version tag, so the returned mapping is empty (returning the
+    versions as well would log a second, metadata-less observation per movie).
+    """
     keys = [context.partition_key] if context.has_partition_key else context.instance.get_dynamic_partitions("movies")
-    versions = {}
     for key in keys:
-        path = vcn.movie_path(key)
-        versions[key] = dg.DataVersion(content_hash(path))
-    return dg.DataVersionsByPartition(versions)
+        with user_errors():
+            path = vcn.movie_path(key)
+            info = probe(path, VideoConfig().min_frames)
+            digest = content_hash(path)
+        context.log_event(dg.AssetObservation(
+            asset_key=context.asset_key, partition=key, tags={DATA_VERSION_TAG: digest},
+            metadata={"path": dg.MetadataValue.path(str(path)), "fps": info.fps, "n_frames": info.n_frames,
+                      "size": f"{info.width}x{info.height}", "duration_s": round(info.duration_s, 3),
+                      "bytes": path.stat().st_size, "sha256": digest},
+        ))
+    return dg.DataVersionsByPartition({})
 
 
 @dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[movie_file], code_version="shots-1")
@@ -94,7 +107,7 @@ def tracks(context: dg.AssetExecutionContext, config: TracksRun, vcn: VcnResourc
     with user_errors():
         info = _info_from_store(vcn, key)
         found_shots = tables.shots_from(vcn.store().read("shots", key))
-        models = vcn.models(cfg.min_face_px, cfg.min_score)
+        models = vcn.models(cfg)
         boxes = track_faces(info, found_shots, models.detector, cfg)
         frames = {
             "track_boxes": tables.boxes_frame(key, boxes),
@@ -115,7 +128,7 @@ def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource)
     with user_errors():
         info = _info_from_store(vcn, key)
         boxes = tables.boxes_from(vcn.store().read("track_boxes", key))
-        models = vcn.models(TrackConfig().min_face_px, TrackConfig().min_score)
+        models = vcn.models(TrackConfig())
         found = extract_crops(info, boxes, models, cfg)
         summary = summarise_tracks(boxes, found, cfg)
         frames = {"crops": tables.crops_frame(key, found), "track_quality": tables.quality_frame(key, summary)}

@@ -39,7 +39,7 @@ def _inputs(vcn: VcnResource, key: str) -> tuple[ClusterInputs, np.ndarray, np.n
     return ClusterInputs.from_stage1(status, crop_row, views, co), track_ids, status, score
 
 
-def checkpoint_path(vcn: VcnResource, key: str):  # noqa: ANN201 - Path
+def checkpoint_path(vcn: VcnResource, key: str):
     return vcn.data_path / "checkpoints" / f"{key}.safetensors"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 import pydantic
 
-from vcn_assets.core.config import ModelConfig
+from vcn_assets.core.config import ModelConfig, TrackConfig
 from vcn_assets.models.base import FaceModels
 from vcn_assets.models.registry import build_models
 from vcn_assets.orchestration.partitions import resolve_movie
@@ -58,20 +58,21 @@ class VcnResource(dg.ConfigurableResource):
             num_threads=self.num_threads,
         )
 
-    def models(self, min_face_px: int, min_score: float) -> FaceModels:
-        return _cached_models(self.face_model_config(), min_face_px, min_score)
+    def models(self, track_cfg: TrackConfig) -> FaceModels:
+        return _cached_models(self.face_model_config(), track_cfg.min_face_px, track_cfg.min_score,
+                              track_cfg.detect_max_side)
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_models(cfg: ModelConfig, min_face_px: int, min_score: float) -> FaceModels:
-    return build_models(cfg, min_face_px, min_score)
+def _cached_models(cfg: ModelConfig, min_face_px: int, min_score: float, max_side: int) -> FaceModels:
+    return build_models(cfg, min_face_px, min_score, max_side)
 
 
 def config_class(core_cls: type) -> type[dg.Config]:
     """A Dagster run-config class with the fields, defaults and docs of a core config dataclass."""
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(core_cls):
-        fields[f.name] = (f.type if not isinstance(f.type, str) else eval(f.type), pydantic.Field(  # noqa: S307
+        fields[f.name] = (f.type if not isinstance(f.type, str) else eval(f.type), pydantic.Field(
             default=f.default, description=f.metadata.get("doc", "")
         ))
     return pydantic.create_model(f"{core_cls.__name__}Run", __base__=dg.Config, **fields)

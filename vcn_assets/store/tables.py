@@ -135,7 +135,7 @@ def data_version(frames: dict[str, pl.DataFrame]) -> str:
     return h.hexdigest()[:16]
 
 
-def _hash_column(h: "hashlib._Hash", s: pl.Series) -> None:
+def _hash_column(h: hashlib._Hash, s: pl.Series) -> None:
     h.update(s.name.encode())
     if s.dtype == pl.Binary:
         for b in s.to_list():
