@@ -94,7 +94,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise SystemExit(f"vcn bench: {e}") from e
     results = run_bench([Path(c) for c in args.cases], args.json, ModelConfig(backend=args.backend),
-                        methods=methods, cache_dir=args.cache)
+                        methods=methods, cache_dir=args.cache, repeat=args.repeat)
     print(table(results))
 
 
@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--methods", default=None,
                    help="comma list of clustering methods to score (default all): "
                         "vcn,vcn_no_finetune,ahc,hdbscan,chinese_whispers,finch")
+    b.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="run Stage 1 N times per case and report the median seconds of each stage")
     b.add_argument("--cache", type=Path, default=None, metavar="DIR",
                    help="benchmark convenience: pickle each case's Stage 1 result under DIR (keyed by "
                         "case name, sha256 of movie.mp4, PipelineConfig and backend) and reuse it, so "
