@@ -148,7 +148,8 @@ def test_frontalness() -> None:
 
 
 def test_run_stage1_fake_backend_end_to_end(blob_movie: Path) -> None:
-    result = run_stage1(blob_movie, PipelineConfig(), build_models(ModelConfig(backend="fake")))
+    cfg = PipelineConfig(tracks=TrackConfig(detect_stride=3), crops=CropConfig(crop_interval=6))
+    result = run_stage1(blob_movie, cfg, build_models(ModelConfig(backend="fake")))
     assert len(result.shots) == 3
     assert result.tracks.track_id.tolist() == [0, 1, 2, 3]
     assert result.tracks.n_crops.tolist() == [4, 4, 4, 4]

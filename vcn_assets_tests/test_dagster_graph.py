@@ -59,7 +59,9 @@ def test_materialize_whole_graph_fake_backend(instance: dg.DagsterInstance, data
     result = run(instance, data_dir, key)
     assert result.success
     c = counts(data_dir, key)
-    assert c["shots"] == 3 and c["tracks"] == 4 and c["crops"] == 16 and c["track_quality"] == 4
+    # defaults: detection on frames 0, 4, 8, 12, 16, 19 of each 20-frame shot; a crop every >= 9 frames
+    # among them -> frames 0 and 12 -> 2 crops for each of the 4 tracks
+    assert c["shots"] == 3 and c["tracks"] == 4 and c["crops"] == 8 and c["track_quality"] == 4
     assert c["clusters"] == 4 and 1 <= c["cluster_summary"] <= 4 and c["checkpoints"] == 1
     mats = {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     assert mats["tracks"].metadata["n_tracks"].value == 4

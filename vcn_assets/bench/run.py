@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import statistics
 import json
 import logging
 import math
 import os
 import pickle
+import statistics
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +40,7 @@ from typing import Any
 from vcn_assets.bench.clustering_eval import MethodConfigs, evaluate_case, parse_methods
 from vcn_assets.bench.frontend_metrics import Case, frontend_metrics, load_case
 from vcn_assets.core.config import ModelConfig
+from vcn_assets.core.files import file_sha256
 from vcn_assets.core.pipeline import PipelineConfig, Stage1Result, run_stage1
 from vcn_assets.models.registry import build_models, resolve_backend
 
@@ -48,14 +49,6 @@ STAGE1_KEYS = ("probe", "shots", "tracks", "crops")
 
 
 # ---------------------------------------------------------------- Stage 1 (cached)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cache_path(cache_dir: Path, case: Case, cfg: PipelineConfig, backend: str) -> Path:

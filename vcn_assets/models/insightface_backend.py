@@ -22,7 +22,6 @@ and ``T`` times with fresh dropout masks for :meth:`ArcFaceEmbedder.embed_with_s
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from vcn_assets.core.files import file_sha256
 from vcn_assets.models.base import ARCFACE_ALIGNMENT, AlignmentSpec, Detections, FaceModels
 
 if TYPE_CHECKING:
@@ -221,14 +221,6 @@ def _make_session(source: str | bytes, config: InsightFaceConfig, path: Path) ->
             raise RuntimeError(message)
         logger.warning(message)
     return session
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _require_file(path: Path | str, role: str) -> Path:

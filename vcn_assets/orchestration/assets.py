@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
-from dagster._core.definitions.data_version import DATA_VERSION_TAG  # the tag Dagster reads versions from
 import numpy as np
+from dagster._core.definitions.data_version import DATA_VERSION_TAG  # the tag Dagster reads versions from
 
 from vcn_assets.core.checkpoint import CheckpointError
 from vcn_assets.core.config import CropConfig, ShotConfig, TrackConfig, VideoConfig, describe
