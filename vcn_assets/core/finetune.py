@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from vcn_assets.core.adaptation import AdaptNet, DINOLoss
 from vcn_assets.core.config import FinetuneConfig, MatchConfig
-from vcn_assets.core.soft_match import SoftMatches, soft_match
+from vcn_assets.core.soft_match import SoftMatches, flatten_views, soft_match
 
 log = logging.getLogger(__name__)
 
@@ -157,8 +157,9 @@ def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig) ->
     for r in range(1, cfg.rounds + 1):
         round_losses = _train_round(state, data, partners, cfg, r == 1, rng) if data.n_tracks else []
         losses += round_losses
-        emb = student_embeddings(student, data.views[:, 0])
-        m = soft_match(emb, data.crop_track, data.n_tracks, data.cannot_link, match_cfg)
+        samples, sample_track = flatten_views(data.views, data.crop_track, match_cfg.use_views)
+        emb = student_embeddings(student, samples)
+        m = soft_match(emb, sample_track, data.n_tracks, data.cannot_link, match_cfg)
         partners = m.partners(data.n_tracks)
         matches.append(m)
         rounds.append({"round": r, "final_loss": float(np.mean(round_losses[-20:])) if round_losses else math.nan,

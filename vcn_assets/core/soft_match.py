@@ -102,6 +102,15 @@ def _thresholds(own: NDArray[np.float64], crop_track: NDArray[np.int64], n: int,
     return thr
 
 
+def flatten_views(
+    views: NDArray[np.float32], crop_track: NDArray[np.int64], use_views: bool
+) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    """(C, V, D) views -> samples (C*V or C, D) and their track index."""
+    if not use_views:
+        return views[:, 0], crop_track
+    return views.reshape(-1, views.shape[2]), np.repeat(crop_track, views.shape[1])
+
+
 def soft_match(
     emb: NDArray[np.float32],
     crop_track: NDArray[np.int64],

@@ -11,7 +11,7 @@ from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig, d
 from vcn_assets.core.crops import UNKNOWN
 from vcn_assets.core.finetune import student_embeddings
 from vcn_assets.core.identity import ClusterInputs, adapt, cooccurrence, final_clusters
-from vcn_assets.core.soft_match import soft_match
+from vcn_assets.core.soft_match import flatten_views, soft_match
 from vcn_assets.orchestration.assets import crops, user_errors
 from vcn_assets.orchestration.partitions import MOVIES
 from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
@@ -80,8 +80,9 @@ def soft_matches(context: dg.AssetExecutionContext, config: MatchRun, vcn: VcnRe
     with user_errors():
         inputs, track_ids, _, _ = _inputs(vcn, key)
         ft = load_checkpoint(checkpoint_path(vcn, key), inputs.views.shape[2])
-        emb = student_embeddings(ft.student, inputs.views[:, 0])
-        final = soft_match(emb, inputs.crop_track, len(inputs.valid_index), inputs.cannot_link, cfg)
+        samples, sample_track = flatten_views(inputs.views, inputs.crop_track, cfg.use_views)
+        emb = student_embeddings(ft.student, samples)
+        final = soft_match(emb, sample_track, len(inputs.valid_index), inputs.cannot_link, cfg)
         valid_ids = track_ids[inputs.valid_index]
         rounds = [(r, m) for r, m in enumerate(ft.round_matches, start=1)] + [(0, final)]
         frames = {"soft_matches": tables.matches_frame(key, rounds, valid_ids)}
