@@ -98,6 +98,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
     print(table(results))
 
 
+def cmd_bench_scale(args: argparse.Namespace) -> None:
+    from vcn_assets.bench.scale import run_scale
+
+    for r in run_scale(args.tracks, args.tracks_dir, args.json, args.crops):
+        print(f"{r['n_tracks']:>6} tracks {r['n_crops']:>7} crops  {r['seconds']:>8.1f} s  "
+              f"peak RSS {r['peak_rss_mb']:>7.0f} MB  {r['stage_seconds']}")
+
+
 def cmd_add(args: argparse.Namespace) -> None:
     from vcn_assets.orchestration.partitions import VIDEO_EXTENSIONS, movie_key
     from vcn_assets.orchestration.resources import VcnResource
@@ -142,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "clustering can be iterated without re-running detection; clear DIR after "
                         "changing Stage 1 code")
     b.set_defaults(fn=cmd_bench)
+    s = sub.add_parser("bench-scale", help="Stages 2-4 on synthetic episode-shaped embeddings: time and memory")
+    s.add_argument("--tracks", type=int, nargs="+", required=True)
+    s.add_argument("--tracks-dir", type=Path, default=None,
+                   help="folder of *.facetracks.csv.gz annotations to take track lengths and identity sizes from")
+    s.add_argument("--crops", type=int, default=0, help="crops per track (default: from track lengths, max 10)")
+    s.add_argument("--json", type=Path, default=None)
+    s.set_defaults(fn=cmd_bench_scale)
     a = sub.add_parser("add", help="copy a movie into the movies folder and register its partition")
     a.add_argument("path")
     a.set_defaults(fn=cmd_add)

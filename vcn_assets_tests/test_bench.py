@@ -233,3 +233,15 @@ def test_cli_bench_end_to_end(case_dir: Path, bench: Bench,
     assert "\nfinch | " in capsys.readouterr().out
     with pytest.raises(SystemExit, match="unknown clustering method"):
         main(["bench", str(case_dir), "--backend", "fake", "--methods", "kmeans"])
+
+
+def test_bench_scale_reports_time_and_memory(tmp_path: Path) -> None:
+    from vcn_assets.bench.scale import load_shape, run_scale, synthetic_inputs
+
+    inputs, ident = synthetic_inputs(40, load_shape(None), crops=3)
+    assert inputs.views.shape == (120, 2, 128) and len(ident) == 40
+    out = tmp_path / "scale.json"
+    (r,) = run_scale([40], None, out, crops=3)
+    assert r["n_tracks"] == 40 and r["n_crops"] == 120 and r["peak_rss_mb"] > 0 and r["seconds"] > 0
+    assert 1 <= r["n_clusters"] <= 40
+    assert json.loads(out.read_text())["scale"][0]["n_tracks"] == 40
