@@ -11,6 +11,7 @@ from vcn_assets.orchestration.resources import VcnResource
 ALL_ASSETS = [
     assets.movie_file, assets.shots, assets.tracks, assets.crops,
     identity_assets.finetuned_checkpoint, identity_assets.soft_matches, identity_assets.clusters,
+    identity_assets.evaluation,
 ]
 
 defs = dg.Definitions(

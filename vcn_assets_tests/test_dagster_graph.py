@@ -75,6 +75,29 @@ def test_materialize_whole_graph_fake_backend(instance: dg.DagsterInstance, data
     assert v1 == v2
 
 
+def _blob_gt(path: Path, shots: list[list[int]], shot_len: int = 20) -> None:
+    """Ground truth of ``blob_clip``'s squares (see vcn_assets_tests/clips.py)."""
+    rows = ["frame,x1,y1,x2,y2,identity"]
+    for s, faces in enumerate(shots):
+        for t in range(shot_len):
+            for k, c in enumerate(faces):
+                x, y = 20 + 90 * k + t, 40 + t // 2
+                rows.append(f"{s * shot_len + t},{x},{y},{x + 40},{y + 48},colour_{c}")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_evaluation_asset_scores_against_ground_truth(instance: dg.DagsterInstance, data_dir: Path, blob_movie: Path) -> None:
+    shutil.copy(blob_movie, data_dir / "movies" / "ep1.mp4")
+    _blob_gt(data_dir / "movies" / "ep1.gt_faces.csv", [[0, 1], [2], [0]])
+    result = run(instance, data_dir, "ep1")
+    assert result.success
+    meta = {e.asset_key.to_user_string(): e.materialization.metadata
+            for e in result.get_asset_materialization_events()}["evaluation"]
+    assert meta["n_tracks_evaluated"].value == 4 and meta["n_identities"].value == 3
+    assert meta["unknown_share"].value == 0.0 and meta["n_tracks_unmatched"].value == 0
+    assert 0.0 < meta["wcp"].value <= 1.0 and meta["pcr"].value == meta["n_clusters"].value / 3
+
+
 def test_movie_file_observation_versions_by_content(instance: dg.DagsterInstance, data_dir: Path, blob_movie: Path) -> None:
     shutil.copy(blob_movie, data_dir / "movies" / "ep1.mp4")
     instance.add_dynamic_partitions("movies", ["ep1"])

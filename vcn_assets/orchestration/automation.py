@@ -11,7 +11,7 @@ import dagster as dg
 from vcn_assets.orchestration.partitions import MOVIES, discover
 from vcn_assets.orchestration.resources import VcnResource
 
-PIPELINE_ASSETS = ("shots", "tracks", "crops", "finetuned_checkpoint", "soft_matches", "clusters")
+PIPELINE_ASSETS = ("shots", "tracks", "crops", "finetuned_checkpoint", "soft_matches", "clusters", "evaluation")
 
 vcn_pipeline = dg.define_asset_job(
     "vcn_pipeline",

@@ -1,11 +1,15 @@
 """Stages 2-4 as per-movie assets: ``finetuned_checkpoint`` -> ``soft_matches`` -> ``clusters``."""
 
+import hashlib
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import polars as pl
 
+from vcn_assets.bench.clustering_eval import evaluate, track_counts
+from vcn_assets.bench.frontend_metrics import load_gt_boxes, match_boxes, track_identities
 from vcn_assets.core.checkpoint import load_checkpoint, save_checkpoint
 from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig, describe
 from vcn_assets.core.crops import UNKNOWN
@@ -132,3 +136,37 @@ def _cluster_frames(vcn: VcnResource, key: str, track_ids: np.ndarray, status: n
     summary = summary.join(rep, on="cluster_id", how="left").with_columns(pl.lit(key).alias("movie_key")).sort("cluster_id")
     return {"clusters": assigned, "cluster_summary": summary.select(
         "movie_key", "cluster_id", "n_tracks", "n_crops", "rep_crop_id", "first_frame", "last_frame")}
+
+
+def ground_truth_path(movie: Path) -> Path:
+    """Where a movie's optional ground truth lives: ``<movie stem>.gt_faces.csv`` beside it (the
+    benchmark case format's ``frame,x1,y1,x2,y2,identity``)."""
+    return movie.with_name(movie.stem + ".gt_faces.csv")
+
+
+@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[clusters], code_version="evaluation-1")
+def evaluation(context: dg.AssetExecutionContext, vcn: VcnResource) -> dg.MaterializeResult:
+    """WCP / PCR / NMI / pairwise and B-cubed F of the clusters when ground truth exists beside the movie."""
+    key = context.partition_key
+    with user_errors():
+        movie = vcn.movie_path(key)
+        gt_path = ground_truth_path(movie)
+        if not gt_path.is_file():
+            return dg.MaterializeResult(metadata={"ground_truth": f"none (looked for {gt_path.name})"},
+                                        data_version=dg.DataVersion("no-ground-truth"))
+        store = vcn.store()
+        n_frames = int(store.read("movies", key)["n_frames"][0])
+        gt = load_gt_boxes(gt_path, n_frames)
+        boxes = tables.boxes_from(store.read("track_boxes", key))
+        assigned = store.read("clusters", key)
+        ids = track_identities(gt, match_boxes(gt, boxes.frame_idx, boxes.xyxy), boxes.track_id)
+        identity = [ids.get(int(t)) for t in assigned["track_id"].to_list()]
+        status = assigned["status"].to_list()
+        labels = assigned.filter(pl.col("status") == "valid")["cluster_id"].to_numpy()
+        report = evaluate(identity, status, labels) | track_counts(identity, status)
+    clean = {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in report.items()}
+    return dg.MaterializeResult(
+        metadata={"ground_truth": dg.MetadataValue.path(str(gt_path)), "gt_unknown_policy": "own identity",
+                  **clean},
+        data_version=dg.DataVersion(hashlib.sha256(json.dumps(clean, sort_keys=True).encode()).hexdigest()[:16]),
+    )
