@@ -32,7 +32,7 @@ def _ensure_dagster_home() -> Path:
     return Path(home)
 
 
-def _materialize(key: str, backend: str) -> None:
+def _materialize(key: str, backend: str):  # noqa: ANN202 - dagster ExecuteInProcessResult
     import dagster as dg
 
     from vcn_assets.definitions import ALL_ASSETS
@@ -52,6 +52,7 @@ def _materialize(key: str, backend: str) -> None:
     )
     if not result.success:
         raise SystemExit(f"materialisation of {key} failed; see the run log in the Dagster UI")
+    return result
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -66,10 +67,16 @@ def cmd_demo(args: argparse.Namespace) -> None:
         case = make_sample_case(vcn.data_path / "sample_case")
         vcn.movies_path.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(case, movie)
-        log.info("generated sample movie %s (ground truth in %s)", movie, case.parent)
+        shutil.copyfile(case.parent / "gt_faces.csv", movie.with_name(movie.stem + ".gt_faces.csv"))
+        log.info("generated sample movie %s (ground truth beside it)", movie)
     key = movie_key(movie.name)
-    _materialize(key, args.backend)
+    result = _materialize(key, args.backend)
     _print_summary(vcn, key, home)
+    evaluation = {e.asset_key.to_user_string(): e.materialization.metadata
+                  for e in result.get_asset_materialization_events()}.get("evaluation", {})
+    if "wcp" in evaluation:
+        scores = {k: round(evaluation[k].value, 3) for k in ("wcp", "pcr", "nmi", "bcubed_f")}
+        print(f"against the sample's ground truth: {scores}")
 
 
 def _print_summary(vcn, key: str, home: Path) -> None:
