@@ -18,6 +18,7 @@ from vcn_assets.core.crops import UNKNOWN, VALID, extract_crops, summarise_track
 from vcn_assets.core.shots import detect_shots
 from vcn_assets.core.tracking import track_faces
 from vcn_assets.core.video import VideoError, VideoInfo, content_hash, probe
+from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
 from vcn_assets.orchestration.partitions import MOVIES
 from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
 from vcn_assets.store import tables
@@ -48,12 +49,6 @@ def _info_from_store(vcn: VcnResource, key: str) -> VideoInfo:
     return VideoInfo(path, row["fps"], row["n_frames"], row["width"], row["height"], row["codec"])
 
 
-def _result(frames: dict, metadata: dict) -> dg.MaterializeResult:
-    return dg.MaterializeResult(
-        metadata=metadata, data_version=dg.DataVersion(tables.data_version(frames))
-    )
-
-
 @dg.observable_source_asset(partitions_def=MOVIES, group_name=STAGE1, description="A movie file in the movies folder.")
 def movie_file(context: dg.OpExecutionContext, vcn: VcnResource) -> dg.DataVersionsByPartition:
     """Data version = sha256 of the file's bytes, with fps, frame count, size and duration.
@@ -77,65 +72,73 @@ def movie_file(context: dg.OpExecutionContext, vcn: VcnResource) -> dg.DataVersi
     return dg.DataVersionsByPartition({})
 
 
-@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[movie_file], code_version="shots-1")
+@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[movie_file], code_version=CODE_VERSIONS["shots"])
 def shots(context: dg.AssetExecutionContext, config: ShotsRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Cut detection (PySceneDetect) over the whole movie; also records the movie's probe."""
     key = context.partition_key
     cfg = to_core(config, ShotConfig)
     with user_errors():
         path = vcn.movie_path(key)
+        digest = content_hash(path)
+
+    def compute() -> Computed:
         info = probe(path, VideoConfig().min_frames)
         found = detect_shots(info, cfg)
-        frames = {
-            "movies": tables.movie_frame(key, info, content_hash(path)),
-            "shots": tables.shots_frame(key, found),
-        }
-        vcn.store().replace(key, frames)
-    lengths = (found.end_frame - found.start_frame + 1) / info.fps
-    return _result(frames, {
-        "path": dg.MetadataValue.path(str(path)), "fps": info.fps, "n_frames": info.n_frames,
-        "size": f"{info.width}x{info.height}", "duration_s": round(info.duration_s, 3),
-        "n_shots": len(found), "median_shot_s": float(np.median(lengths)), "config": describe(cfg),
-    })
+        frames = {"movies": tables.movie_frame(key, info, digest), "shots": tables.shots_frame(key, found)}
+        lengths = (found.end_frame - found.start_frame + 1) / info.fps
+        return Computed(frames, {
+            "path": dg.MetadataValue.path(str(path)), "fps": info.fps, "n_frames": info.n_frames,
+            "size": f"{info.width}x{info.height}", "duration_s": round(info.duration_s, 3),
+            "n_shots": len(found), "median_shot_s": float(np.median(lengths)),
+        }, tables.data_version(frames))
+
+    with user_errors():
+        stage = Stage("shots", describe(cfg))
+        return materialize_stage(context, vcn, stage, compute, extra_inputs={"movie_file": digest})
 
 
-@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[shots], code_version="tracks-1")
+@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[shots], code_version=CODE_VERSIONS["tracks"])
 def tracks(context: dg.AssetExecutionContext, config: TracksRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Face detection on a frame stride + IoU/appearance Hungarian tracking within shots."""
     key = context.partition_key
     cfg = to_core(config, TrackConfig)
-    with user_errors():
+
+    def compute() -> Computed:
         info = _info_from_store(vcn, key)
         found_shots = tables.shots_from(vcn.store().read("shots", key))
         models = vcn.models(cfg)
         boxes = track_faces(info, found_shots, models.detector, cfg)
-        frames = {
-            "track_boxes": tables.boxes_frame(key, boxes),
-            "tracks": tables.tracks_frame(key, boxes, found_shots),
-        }
-        vcn.store().replace(key, frames)
-    return _result(frames, {
-        "n_tracks": boxes.n_tracks, "n_boxes": len(boxes), "n_detections": int(boxes.detected.sum()),
-        "backend": models.backend, "models": models.identity, "config": describe(cfg),
-    })
+        frames = {"track_boxes": tables.boxes_frame(key, boxes), "tracks": tables.tracks_frame(key, boxes, found_shots)}
+        return Computed(frames, {
+            "n_tracks": boxes.n_tracks, "n_boxes": len(boxes), "n_detections": int(boxes.detected.sum()),
+            "backend": models.backend, "models": models.identity,
+        }, tables.data_version(frames))
+
+    with user_errors():
+        stage = Stage("tracks", describe(cfg), vcn.model_identity(), ("shots",))
+        return materialize_stage(context, vcn, stage, compute)
 
 
-@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[tracks], code_version="crops-1")
+@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[tracks], code_version=CODE_VERSIONS["crops"])
 def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Sampled, aligned, filtered crops with embeddings and SER-FIQ quality; outlier tracks unknown."""
     key = context.partition_key
     cfg = to_core(config, CropConfig)
-    with user_errors():
+
+    def compute() -> Computed:
         info = _info_from_store(vcn, key)
         boxes = tables.boxes_from(vcn.store().read("track_boxes", key))
         models = vcn.models(TrackConfig())
         found = extract_crops(info, boxes, models, cfg)
         summary = summarise_tracks(boxes, found, cfg)
         frames = {"crops": tables.crops_frame(key, found), "track_quality": tables.quality_frame(key, summary)}
-        vcn.store().replace(key, frames)
-    status = summary.status.tolist()
-    return _result(frames, {
-        "n_crops": len(found), "n_tracks_valid": status.count(VALID),
-        "n_tracks_unknown": status.count(UNKNOWN), "backend": models.backend,
-        "quality_method": getattr(models.embedder, "quality_method", ""), "config": describe(cfg),
-    })
+        status = summary.status.tolist()
+        return Computed(frames, {
+            "n_crops": len(found), "n_tracks_valid": status.count(VALID),
+            "n_tracks_unknown": status.count(UNKNOWN), "backend": models.backend,
+            "quality_method": getattr(models.embedder, "quality_method", ""),
+        }, tables.data_version(frames))
+
+    with user_errors():
+        stage = Stage("crops", describe(cfg), vcn.model_identity(), ("tracks",))
+        return materialize_stage(context, vcn, stage, compute)

@@ -10,13 +10,14 @@ import polars as pl
 
 from vcn_assets.bench.clustering_eval import evaluate, track_counts
 from vcn_assets.bench.frontend_metrics import load_gt_boxes, match_boxes, track_identities
-from vcn_assets.core.checkpoint import load_checkpoint, save_checkpoint
+from vcn_assets.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig, describe
 from vcn_assets.core.crops import UNKNOWN
 from vcn_assets.core.finetune import student_embeddings
 from vcn_assets.core.identity import ClusterInputs, adapt, cooccurrence, final_clusters
 from vcn_assets.core.soft_match import flatten_views, soft_match
 from vcn_assets.orchestration.assets import crops, user_errors
+from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
 from vcn_assets.orchestration.partitions import MOVIES
 from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
 from vcn_assets.store import tables
@@ -43,78 +44,107 @@ def _inputs(vcn: VcnResource, key: str) -> tuple[ClusterInputs, np.ndarray, np.n
     return ClusterInputs.from_stage1(status, crop_row, views, co), track_ids, status, score
 
 
-def checkpoint_path(vcn: VcnResource, key: str):
-    return vcn.data_path / "checkpoints" / f"{key}.safetensors"
+def _save_checkpoint(vcn: VcnResource, key: str, result, in_dim: int, cfg: FinetuneConfig) -> tuple[Path, str]:  # noqa: ANN001
+    """Write the checkpoint under a content-addressed name (``<key>-<digest>.safetensors``), so the
+    path stored in DuckDB always names exactly the weights it was recorded with."""
+    folder = vcn.data_path / "checkpoints"
+    pending = folder / f"{key}.pending.safetensors"
+    digest = save_checkpoint(pending, result, in_dim, cfg)
+    path = folder / f"{key}-{digest[:16]}.safetensors"
+    pending.replace(path)
+    return path, digest
 
 
-@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[crops], code_version="finetune-1")
+def stored_checkpoint(vcn: VcnResource, key: str) -> Path:
+    df = vcn.store().read("checkpoints", key)
+    if df.height == 0:
+        raise CheckpointError(f"movie {key!r}: no checkpoint recorded: materialise `finetuned_checkpoint` first")
+    return Path(df["path"][0])
+
+
+def _checkpoint_frames(key: str, path: Path, digest: str, inputs: ClusterInputs, result, cfg: FinetuneConfig):  # noqa: ANN001, ANN202
+    per_round = max(cfg.steps_per_round, 1)
+    steps = np.arange(len(result.losses))
+    return {
+        "checkpoints": pl.DataFrame({"movie_key": [key], "path": [str(path)], "sha256": [digest],
+                                     "n_tracks": [len(inputs.valid_index)], "n_crops": [len(inputs.views)],
+                                     "rounds": [json.dumps(result.rounds)]}),
+        "finetune_loss": pl.DataFrame({"movie_key": [key] * len(steps), "step": steps.astype(np.int32),
+                                       "round": (steps // per_round + 1).astype(np.int32),
+                                       "loss": np.asarray(result.losses, np.float32)}),
+    }
+
+
+@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[crops], code_version=CODE_VERSIONS["finetuned_checkpoint"])
 def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun, vcn: VcnResource) -> dg.MaterializeResult:
     """DINO-style student/teacher adaptation to this movie's tracks, alternating with soft matching."""
     key = context.partition_key
     cfg = to_core(config, FinetuneConfig)
-    with user_errors():
+
+    def compute() -> Computed:
         inputs, _, _, _ = _inputs(vcn, key)
         result = adapt(inputs, cfg, MatchConfig())
-        path = checkpoint_path(vcn, key)
-        sha = save_checkpoint(path, result, inputs.views.shape[2], cfg)
-        per_round = max(cfg.steps_per_round, 1)
-        frames = {
-            "checkpoints": pl.DataFrame({"movie_key": [key], "path": [str(path)], "sha256": [sha],
-                                         "n_tracks": [len(inputs.valid_index)], "n_crops": [len(inputs.views)],
-                                         "rounds": [json.dumps(result.rounds)]}),
-            "finetune_loss": pl.DataFrame({"movie_key": [key] * len(result.losses),
-                                           "step": np.arange(len(result.losses), dtype=np.int32),
-                                           "round": (np.arange(len(result.losses)) // per_round + 1).astype(np.int32),
-                                           "loss": np.asarray(result.losses, np.float32)}),
-        }
-        vcn.store().replace(key, frames)
-    return dg.MaterializeResult(
-        metadata={"path": dg.MetadataValue.path(str(path)), "sha256": sha, "rounds": result.rounds,
-                  "loss_first": result.losses[0] if result.losses else None,
-                  "loss_last": result.losses[-1] if result.losses else None, "config": describe(cfg)},
-        data_version=dg.DataVersion(sha[:16]),
-    )
+        path, digest = _save_checkpoint(vcn, key, result, inputs.views.shape[2], cfg)
+        frames = _checkpoint_frames(key, path, digest, inputs, result, cfg)
+        return Computed(frames, {
+            "path": dg.MetadataValue.path(str(path)), "sha256": digest, "rounds": result.rounds,
+            "loss_first": result.losses[0] if result.losses else None,
+            "loss_last": result.losses[-1] if result.losses else None,
+        }, digest[:16])
+
+    def file_present() -> bool:
+        df = vcn.store().read("checkpoints", key)
+        return df.height == 1 and Path(df["path"][0]).is_file()
+
+    with user_errors():
+        stage = Stage("finetuned_checkpoint", describe(cfg), {}, ("crops",))
+        return materialize_stage(context, vcn, stage, compute, still_valid=file_present)
 
 
-@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[finetuned_checkpoint], code_version="match-1")
+@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[finetuned_checkpoint], code_version=CODE_VERSIONS["soft_matches"])
 def soft_matches(context: dg.AssetExecutionContext, config: MatchRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Per-track Normals of the finetuned student's embeddings; matched pairs of every round."""
     key = context.partition_key
     cfg = to_core(config, MatchConfig)
-    with user_errors():
+
+    def compute() -> Computed:
         inputs, track_ids, _, _ = _inputs(vcn, key)
-        ft = load_checkpoint(checkpoint_path(vcn, key), inputs.views.shape[2])
+        ft = load_checkpoint(stored_checkpoint(vcn, key), inputs.views.shape[2])
         samples, sample_track = flatten_views(inputs.views, inputs.crop_track, cfg.use_views)
         emb = student_embeddings(ft.student, samples)
         final = soft_match(emb, sample_track, len(inputs.valid_index), inputs.cannot_link, cfg)
-        valid_ids = track_ids[inputs.valid_index]
         rounds = [(r, m) for r, m in enumerate(ft.round_matches, start=1)] + [(0, final)]
-        frames = {"soft_matches": tables.matches_frame(key, rounds, valid_ids)}
-        vcn.store().replace(key, frames)
-    return dg.MaterializeResult(
-        metadata={"n_matches_final": len(final), "n_matches_per_round": [len(m) for m in ft.round_matches],
-                  "round_0_is": "final student", "config": describe(cfg)},
-        data_version=dg.DataVersion(tables.data_version(frames)),
-    )
+        frames = {"soft_matches": tables.matches_frame(key, rounds, track_ids[inputs.valid_index])}
+        return Computed(frames, {
+            "n_matches_final": len(final), "n_matches_per_round": [len(m) for m in ft.round_matches],
+            "round_0_is": "final student",
+        }, tables.data_version(frames))
+
+    with user_errors():
+        stage = Stage("soft_matches", describe(cfg), {}, ("crops", "finetuned_checkpoint"))
+        return materialize_stage(context, vcn, stage, compute)
 
 
-@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[soft_matches], code_version="cluster-1")
+@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[soft_matches], code_version=CODE_VERSIONS["clusters"])
 def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Stage 4: iterative merging with the learnt metric; unknown tracks kept apart."""
     key = context.partition_key
     cfg = to_core(config, ClusterConfig)
-    with user_errors():
+
+    def compute() -> Computed:
         inputs, track_ids, status, score = _inputs(vcn, key)
-        ft = load_checkpoint(checkpoint_path(vcn, key), inputs.views.shape[2])
+        ft = load_checkpoint(stored_checkpoint(vcn, key), inputs.views.shape[2])
         labels, n_iter = final_clusters(inputs, ft, cfg)
         frames = _cluster_frames(vcn, key, track_ids, status, labels, score)
-        vcn.store().replace(key, frames)
-    sizes = frames["cluster_summary"]["n_tracks"].to_list()
-    return dg.MaterializeResult(
-        metadata={"n_clusters": len(sizes), "largest_clusters": sorted(sizes, reverse=True)[:10],
-                  "n_unknown_tracks": int((status == UNKNOWN).sum()), "iterations": n_iter, "config": describe(cfg)},
-        data_version=dg.DataVersion(tables.data_version(frames)),
-    )
+        sizes = frames["cluster_summary"]["n_tracks"].to_list()
+        return Computed(frames, {
+            "n_clusters": len(sizes), "largest_clusters": sorted(sizes, reverse=True)[:10],
+            "n_unknown_tracks": int((status == UNKNOWN).sum()), "iterations": n_iter,
+        }, tables.data_version(frames))
+
+    with user_errors():
+        stage = Stage("clusters", describe(cfg), {}, ("crops", "finetuned_checkpoint", "soft_matches"))
+        return materialize_stage(context, vcn, stage, compute)
 
 
 def _cluster_frames(vcn: VcnResource, key: str, track_ids: np.ndarray, status: np.ndarray, labels: np.ndarray,
@@ -144,7 +174,7 @@ def ground_truth_path(movie: Path) -> Path:
     return movie.with_name(movie.stem + ".gt_faces.csv")
 
 
-@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[clusters], code_version="evaluation-1")
+@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[clusters], code_version=CODE_VERSIONS["evaluation"])
 def evaluation(context: dg.AssetExecutionContext, vcn: VcnResource) -> dg.MaterializeResult:
     """WCP / PCR / NMI / pairwise and B-cubed F of the clusters when ground truth exists beside the movie."""
     key = context.partition_key

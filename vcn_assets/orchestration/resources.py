@@ -19,7 +19,7 @@ import pydantic
 
 from vcn_assets.core.config import ModelConfig, TrackConfig
 from vcn_assets.models.base import FaceModels
-from vcn_assets.models.registry import build_models
+from vcn_assets.models.registry import build_models, resolve_backend
 from vcn_assets.orchestration.partitions import resolve_movie
 from vcn_assets.store.db import Store
 
@@ -37,6 +37,7 @@ class VcnResource(dg.ConfigurableResource):
     insightface_pack: str = pydantic.Field(default="", description="Local SCRFD+ArcFace model pack folder.")
     device: str = pydantic.Field(default="auto", description="auto, cpu or cuda.")
     num_threads: int = pydantic.Field(default=0, description="CPU threads for torch/ONNX; 0 = all.")
+    force: bool = pydantic.Field(default=False, description="Recompute even when the stored result's fingerprint matches.")
 
     @property
     def data_path(self) -> Path:
@@ -57,6 +58,12 @@ class VcnResource(dg.ConfigurableResource):
             backend=self.backend, insightface_pack=self.insightface_pack, device=self.device,
             num_threads=self.num_threads,
         )
+
+    def model_identity(self) -> dict:
+        """What identifies the face models without loading them (for fingerprints): the resolved
+        backend and the model settings."""
+        cfg = self.face_model_config()
+        return {"backend": resolve_backend(cfg), **dataclasses.asdict(cfg)}
 
     def models(self, track_cfg: TrackConfig) -> FaceModels:
         return _cached_models(self.face_model_config(), track_cfg.min_face_px, track_cfg.min_score,

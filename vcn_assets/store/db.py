@@ -47,6 +47,13 @@ SCHEMA: dict[str, str] = {
     "clusters": "movie_key VARCHAR, track_id INTEGER, cluster_id INTEGER, status VARCHAR",
     "cluster_summary": """movie_key VARCHAR, cluster_id INTEGER, n_tracks INTEGER, n_crops INTEGER,
         rep_crop_id INTEGER, first_frame INTEGER, last_frame INTEGER""",
+    # One row per (movie, asset): the fingerprint and data version of the rows now stored. Written in
+    # the same transaction as the rows, so it never describes rows that are not there.
+    "cache_index": "movie_key VARCHAR, asset VARCHAR, fingerprint VARCHAR, data_version VARCHAR",
+    # One row per materialisation, never overwritten.
+    "lineage": """run_id VARCHAR, movie_key VARCHAR, asset VARCHAR, fingerprint VARCHAR, inputs VARCHAR,
+        data_version VARCHAR, config VARCHAR, code_version VARCHAR, model VARCHAR, started_at TIMESTAMP,
+        ended_at TIMESTAMP, row_counts VARCHAR, cache VARCHAR, status VARCHAR""",
 }
 
 
@@ -62,6 +69,8 @@ ORDER_BY: dict[str, str] = {
     "soft_matches": "round, track_id, matched_track_id",
     "clusters": "track_id",
     "cluster_summary": "cluster_id",
+    "cache_index": "asset",
+    "lineage": "started_at DESC",
 }
 
 
@@ -100,10 +109,13 @@ class Store:
         for table, cols in SCHEMA.items():
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
 
-    def replace(self, movie_key: str, frames: dict[str, pl.DataFrame]) -> None:
-        """Atomically replace ``movie_key``'s rows in each named table with ``frames``."""
+    def replace(
+        self, movie_key: str, frames: dict[str, pl.DataFrame], cache_entry: tuple[str, str, str] | None = None
+    ) -> None:
+        """Atomically replace ``movie_key``'s rows in each named table with ``frames`` and, when given,
+        its ``cache_entry`` = (asset, fingerprint, data version) in the cache index."""
         for table in frames:
-            if table not in SCHEMA:
+            if table not in SCHEMA or table in ("cache_index", "lineage"):
                 raise ValueError(f"unknown table {table!r}")
         with self.connect() as con:
             self.ensure_schema(con)
@@ -115,6 +127,9 @@ class Store:
                         con.register("incoming", df.to_arrow())
                         con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
                         con.unregister("incoming")
+                if cache_entry is not None:
+                    con.execute("DELETE FROM cache_index WHERE movie_key = ? AND asset = ?", [movie_key, cache_entry[0]])
+                    con.execute("INSERT INTO cache_index VALUES (?, ?, ?, ?)", [movie_key, *cache_entry])
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
@@ -133,6 +148,24 @@ class Store:
             return con.execute(
                 f"SELECT * FROM {table} WHERE movie_key = ? ORDER BY {ORDER_BY[table]}", [movie_key]
             ).pl()
+
+    def cache_entry(self, movie_key: str, asset: str) -> tuple[str, str] | None:
+        """(fingerprint, data version) of ``asset``'s stored rows for the movie, or None."""
+        df = self.read("cache_index", movie_key)
+        if df.height == 0:
+            return None
+        row = df.filter(pl.col("asset") == asset)
+        return (row["fingerprint"][0], row["data_version"][0]) if row.height else None
+
+    def append_lineage(self, row: dict) -> None:
+        """Add one materialisation record (never overwritten)."""
+        with self.connect() as con:
+            self.ensure_schema(con)
+            cols = list(row)
+            con.execute(
+                f"INSERT INTO lineage ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})",
+                [row[c] for c in cols],
+            )
 
     def count(self, table: str, movie_key: str) -> int:
         return self.read(table, movie_key).height

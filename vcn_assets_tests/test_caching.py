@@ -1,0 +1,79 @@
+"""Fingerprint caching and lineage: unchanged re-runs are hits, a config change recomputes only its stage."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dagster as dg
+
+from vcn_assets.definitions import ALL_ASSETS
+from vcn_assets.orchestration.automation import PIPELINE_ASSETS
+from vcn_assets.orchestration.resources import VcnResource
+from vcn_assets.store.db import Store
+from vcn_assets_tests.test_dagster_graph import FAST_FINETUNE
+
+CACHED = [a for a in PIPELINE_ASSETS if a != "evaluation"]
+
+
+def _run(instance: dg.DagsterInstance, data_dir: Path, ops: dict | None = None, force: bool = False) -> dict:
+    if not instance.has_dynamic_partition("movies", "ep1"):
+        instance.add_dynamic_partitions("movies", ["ep1"])
+    run_config = {"ops": {"finetuned_checkpoint": {"config": FAST_FINETUNE}, **(ops or {})}}
+    result = dg.materialize(
+        ALL_ASSETS, selection=list(PIPELINE_ASSETS), partition_key="ep1", instance=instance, run_config=run_config,
+        resources={"vcn": VcnResource(data_dir=str(data_dir), backend="fake", force=force)},
+    )
+    return {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+
+
+def _cache(mats: dict) -> dict[str, str]:
+    return {k: m.metadata["cache"].text for k, m in mats.items() if k in CACHED}
+
+
+def _versions(mats: dict) -> dict[str, str]:
+    return {k: m.tags["dagster/data_version"] for k, m in mats.items()}
+
+
+def test_unchanged_rerun_is_all_hits_with_same_versions(instance: dg.DagsterInstance, data_dir: Path,
+                                                        blob_movie: Path) -> None:
+    shutil.copy(blob_movie, data_dir / "movies" / "ep1.mp4")
+    first = _run(instance, data_dir)
+    assert set(_cache(first).values()) == {"miss"}
+    second = _run(instance, data_dir)
+    assert set(_cache(second).values()) == {"hit"}
+    assert _versions(second) == _versions(first)
+    forced = _run(instance, data_dir, force=True)
+    assert set(_cache(forced).values()) == {"miss"}
+    assert _versions(forced) == _versions(first)  # deterministic recomputation
+
+
+def test_clusters_config_change_recomputes_clusters_alone(instance: dg.DagsterInstance, data_dir: Path,
+                                                          blob_movie: Path) -> None:
+    shutil.copy(blob_movie, data_dir / "movies" / "ep1.mp4")
+    _run(instance, data_dir)
+    mats = _run(instance, data_dir, ops={"clusters": {"config": {"respect_cooccurrence": False}}})
+    assert _cache(mats) == {a: "hit" for a in CACHED if a != "clusters"} | {"clusters": "miss"}
+
+
+def test_identical_upstream_output_stops_the_cascade(instance: dg.DagsterInstance, data_dir: Path,
+                                                     blob_movie: Path) -> None:
+    shutil.copy(blob_movie, data_dir / "movies" / "ep1.mp4")
+    _run(instance, data_dir)
+    # a different cut threshold that finds the same cuts: shots recomputes, nothing downstream does
+    mats = _run(instance, data_dir, ops={"shots": {"config": {"threshold": 2.5}}})
+    assert _cache(mats)["shots"] == "miss"
+    assert {k: v for k, v in _cache(mats).items() if k != "shots"} == {a: "hit" for a in CACHED if a != "shots"}
+
+
+def test_lineage_records_every_materialisation(instance: dg.DagsterInstance, data_dir: Path, blob_movie: Path) -> None:
+    shutil.copy(blob_movie, data_dir / "movies" / "ep1.mp4")
+    _run(instance, data_dir)
+    _run(instance, data_dir, ops={"clusters": {"config": {"max_iterations": 3}}})
+    lineage = Store(data_dir / "vcn.duckdb").read("lineage", "ep1")
+    assert lineage.height == 2 * len(CACHED)
+    clusters = lineage.filter(lineage["asset"] == "clusters").sort("started_at")
+    assert clusters["cache"].to_list() == ["miss", "miss"]
+    assert clusters["fingerprint"][0] != clusters["fingerprint"][1]
+    assert '"max_iterations": 3' in clusters["config"][1]
+    assert set(lineage["status"].to_list()) == {"success"}
