@@ -32,7 +32,7 @@ def _ensure_dagster_home() -> Path:
     return Path(home)
 
 
-def _materialize(key: str, backend: str):  # noqa: ANN202 - dagster ExecuteInProcessResult
+def _materialize(key: str, backend: str, select: list[str] | None = None, force: bool = False):  # noqa: ANN202
     import dagster as dg
 
     from vcn_assets.definitions import ALL_ASSETS
@@ -44,10 +44,10 @@ def _materialize(key: str, backend: str):  # noqa: ANN202 - dagster ExecuteInPro
         instance.add_dynamic_partitions("movies", [key])
     result = dg.materialize(
         ALL_ASSETS,
-        selection=list(PIPELINE_ASSETS),
+        selection=select or list(PIPELINE_ASSETS),
         partition_key=key,
         instance=instance,
-        resources={"vcn": VcnResource(backend=backend)},
+        resources={"vcn": VcnResource(backend=backend, force=force)},
         tags={"dagster/partition": key, "vcn/launched_by": "cli"},
     )
     if not result.success:
@@ -113,6 +113,39 @@ def cmd_bench_scale(args: argparse.Namespace) -> None:
               f"peak RSS {r['peak_rss_mb']:>7.0f} MB  {r['stage_seconds']}")
 
 
+def cmd_lineage(args: argparse.Namespace) -> None:
+    import json
+
+    from vcn_assets.orchestration.resources import VcnResource
+    from vcn_assets.store.lineage import lineage_report
+
+    report = lineage_report(VcnResource().store(), args.movie, args.asset)
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    print(f"{report['asset']} of {report['movie']}: current output produced by")
+    for e in report["chain"]:
+        what = "source (movie file hash)" if e.get("source") else f"run {e['run_id'][:8]} {e['started_at']}"
+        print(f"  {e['asset']:<22} {e['data_version'][:16]:<16}  {what}")
+    print("history (newest first):")
+    for e in report["history"]:
+        print(f"  {e['started_at']}  run {e['run_id'][:8]}  {e['cache']:<4} {e['status']:<7} "
+              f"-> {str(e['data_version'])[:16]:<16} changed: {', '.join(e['changed']) or 'nothing'}")
+
+
+def cmd_materialize(args: argparse.Namespace) -> None:
+    from vcn_assets.orchestration.automation import PIPELINE_ASSETS
+
+    _ensure_dagster_home()
+    select = args.select.split(",") if args.select else list(PIPELINE_ASSETS)
+    result = _materialize(args.movie, args.backend, select=select, force=args.force)
+    for e in result.get_asset_materialization_events():
+        meta = e.materialization.metadata
+        cache = meta["cache"].text if "cache" in meta else "-"
+        print(f"{e.asset_key.to_user_string():<22} cache: {cache:<5} data version "
+              f"{e.materialization.tags.get('dagster/data_version', '')}")
+
+
 def cmd_add(args: argparse.Namespace) -> None:
     from vcn_assets.orchestration.partitions import VIDEO_EXTENSIONS, movie_key
     from vcn_assets.orchestration.resources import VcnResource
@@ -164,6 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--crops", type=int, default=0, help="crops per track (default: from track lengths, max 10)")
     s.add_argument("--json", type=Path, default=None)
     s.set_defaults(fn=cmd_bench_scale)
+    li = sub.add_parser("lineage", help="what produced a movie's asset, and its history with what changed")
+    li.add_argument("movie")
+    li.add_argument("--asset", default="clusters")
+    li.add_argument("--json", action="store_true")
+    li.set_defaults(fn=cmd_lineage)
+    m = sub.add_parser("materialize", help="materialise a movie through Dagster on the project's instance")
+    m.add_argument("movie")
+    m.add_argument("--select", default=None, help="comma list of assets (default: all)")
+    m.add_argument("--force", action="store_true", help="recompute even where the cache would hit")
+    m.add_argument("--backend", default="auto")
+    m.set_defaults(fn=cmd_materialize)
     a = sub.add_parser("add", help="copy a movie into the movies folder and register its partition")
     a.add_argument("path")
     a.set_defaults(fn=cmd_add)

@@ -77,3 +77,19 @@ def test_lineage_records_every_materialisation(instance: dg.DagsterInstance, dat
     assert clusters["fingerprint"][0] != clusters["fingerprint"][1]
     assert '"max_iterations": 3' in clusters["config"][1]
     assert set(lineage["status"].to_list()) == {"success"}
+
+
+def test_lineage_report_chain_and_changes(instance: dg.DagsterInstance, data_dir: Path, blob_movie: Path) -> None:
+    from vcn_assets.store.lineage import lineage_report
+
+    shutil.copy(blob_movie, data_dir / "movies" / "ep1.mp4")
+    _run(instance, data_dir)
+    _run(instance, data_dir)
+    _run(instance, data_dir, ops={"clusters": {"config": {"max_iterations": 3}}})
+    report = lineage_report(Store(data_dir / "vcn.duckdb"), "ep1", "clusters")
+    assert report["movie"] == "ep1" and report["asset"] == "clusters"
+    assert [e["asset"] for e in report["chain"]][0] == "clusters"
+    assert {e["asset"] for e in report["chain"]} == {*CACHED, "movie_file"}
+    assert report["chain"][-1]["source"] is True
+    assert [e["cache"] for e in report["history"]] == ["miss", "hit", "miss"]
+    assert [e["changed"] for e in report["history"]] == [["config"], [], ["first"]]
