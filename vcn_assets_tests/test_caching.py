@@ -93,3 +93,21 @@ def test_lineage_report_chain_and_changes(instance: dg.DagsterInstance, data_dir
     assert report["chain"][-1]["source"] is True
     assert [e["cache"] for e in report["history"]] == ["miss", "hit", "miss"]
     assert [e["changed"] for e in report["history"]] == [["config"], [], ["first"]]
+
+
+def test_schedule_requests_missing_and_unsynced_movies(instance: dg.DagsterInstance, data_dir: Path,
+                                                      blob_movie: Path) -> None:
+    from vcn_assets.orchestration.automation import refresh_schedule
+    from vcn_assets_tests.clips import blob_clip
+
+    shutil.copy(blob_movie, data_dir / "movies" / "ep1.mp4")
+    shutil.copy(blob_movie, data_dir / "movies" / "ep2.mp4")
+    instance.add_dynamic_partitions("movies", ["ep1", "ep2"])
+    _run(instance, data_dir)  # ep1 up to date, ep2 never materialised
+    from datetime import datetime
+
+    ctx = dg.build_schedule_context(instance=instance, resources={"vcn": VcnResource(data_dir=str(data_dir))},
+                                    scheduled_execution_time=datetime(2026, 11, 28, 3, 0))
+    assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep2"]
+    blob_clip(data_dir / "movies" / "ep1.mp4", [[1], [0]])  # the movie file changes
+    assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep1", "ep2"]

@@ -6,6 +6,9 @@ the movies folder becomes a partition and one run of ``vcn_pipeline`` for it.
 
 from __future__ import annotations
 
+import json
+import os
+
 import dagster as dg
 
 from vcn_assets.orchestration.partitions import MOVIES, discover
@@ -32,3 +35,44 @@ def new_movies_sensor(context: dg.SensorEvaluationContext, vcn: VcnResource) -> 
         run_requests=[dg.RunRequest(partition_key=k, run_key=f"new-{k}") for k in new],
         dynamic_partitions_requests=[MOVIES.build_add_request(new)] if new else [],
     )
+
+
+def stale_movies(vcn: VcnResource, keys: list[str]) -> list[str]:
+    """Movies whose stored results are missing or out of date: an asset without a stored result,
+    a movie file whose hash differs from the one ``shots`` was computed from, or an asset computed by
+    another code version. (Config changes made in a run's config are the caller's to re-run.)"""
+    from vcn_assets.core.files import file_sha256
+    from vcn_assets.orchestration.caching import CODE_VERSIONS
+
+    store = vcn.store()
+    found = discover(vcn.movies_path)
+    stale = []
+    for key in keys:
+        if key not in found:
+            continue
+        index = store.read("cache_index", key)
+        entries = dict(zip(index["asset"].to_list(), index["fingerprint"].to_list())) if index.height else {}
+        if any(a not in entries for a in PIPELINE_ASSETS if a != "evaluation"):
+            stale.append(key)
+            continue
+        lineage = store.read("lineage", key)
+        latest = lineage.filter(lineage["status"] == "success").sort("started_at").group_by("asset").last()
+        codes = dict(zip(latest["asset"].to_list(), latest["code_version"].to_list()))
+        shots = latest.filter(latest["asset"] == "shots")
+        movie_hash = json.loads(shots["inputs"][0]).get("movie_file") if shots.height else None
+        if movie_hash != file_sha256(found[key]) or any(codes.get(a) != v for a, v in CODE_VERSIONS.items()
+                                                        if a in codes):
+            stale.append(key)
+    return stale
+
+
+@dg.schedule(
+    job=vcn_pipeline,
+    cron_schedule=os.environ.get("VCN_SCHEDULE_CRON", "0 3 * * *"),
+    default_status=dg.DefaultScheduleStatus.STOPPED,
+    description="Daily (cron from $VCN_SCHEDULE_CRON): one run per movie that is missing or unsynced.",
+)
+def refresh_schedule(context: dg.ScheduleEvaluationContext, vcn: VcnResource) -> list[dg.RunRequest]:
+    keys = sorted(context.instance.get_dynamic_partitions(MOVIES.name))
+    tick = f"{context.scheduled_execution_time:%Y%m%d%H%M}"
+    return [dg.RunRequest(partition_key=k, run_key=f"refresh-{k}-{tick}") for k in stale_movies(vcn, keys)]
