@@ -32,7 +32,7 @@ def _ensure_dagster_home() -> Path:
     return Path(home)
 
 
-def _materialize(key: str, backend: str, select: list[str] | None = None, force: bool = False):  # noqa: ANN202
+def _materialize(key: str, backend: str, select: list[str] | None = None, force: bool = False):
     import dagster as dg
 
     from vcn_assets.definitions import ALL_ASSETS
@@ -116,10 +116,10 @@ def cmd_bench_scale(args: argparse.Namespace) -> None:
 def cmd_lineage(args: argparse.Namespace) -> None:
     import json
 
-    from vcn_assets.orchestration.resources import VcnResource
+    from vcn_assets.store.db import default_store
     from vcn_assets.store.lineage import lineage_report
 
-    report = lineage_report(VcnResource().store(), args.movie, args.asset)
+    report = lineage_report(default_store(), args.movie, args.asset)
     if args.json:
         print(json.dumps(report, indent=2, default=str))
         return
@@ -144,6 +144,15 @@ def cmd_materialize(args: argparse.Namespace) -> None:
         cache = meta["cache"].text if "cache" in meta else "-"
         print(f"{e.asset_key.to_user_string():<22} cache: {cache:<5} data version "
               f"{e.materialization.tags.get('dagster/data_version', '')}")
+
+
+def cmd_bench_lineage(args: argparse.Namespace) -> None:
+    from vcn_assets.bench.lineage_bench import run_lineage_bench
+
+    r = run_lineage_bench(args.movies, args.reruns, args.repeat)
+    print(f"{r['lineage_rows']} lineage rows ({r['movies']} movies x {r['reruns']} re-runs): vcn lineage "
+          f"median {r['median_s'] * 1000:.0f} ms, max {r['max_s'] * 1000:.0f} ms over {args.repeat} calls "
+          f"(chain {r['chain_len']}, history {r['history_len']})")
 
 
 def cmd_add(args: argparse.Namespace) -> None:
@@ -208,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--force", action="store_true", help="recompute even where the cache would hit")
     m.add_argument("--backend", default="auto")
     m.set_defaults(fn=cmd_materialize)
+    bl = sub.add_parser("bench-lineage", help="time `vcn lineage` on a store of many movies and re-runs")
+    bl.add_argument("--movies", type=int, default=100)
+    bl.add_argument("--reruns", type=int, default=10)
+    bl.add_argument("--repeat", type=int, default=7)
+    bl.set_defaults(fn=cmd_bench_lineage)
     a = sub.add_parser("add", help="copy a movie into the movies folder and register its partition")
     a.add_argument("path")
     a.set_defaults(fn=cmd_add)

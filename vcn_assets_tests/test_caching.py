@@ -111,3 +111,10 @@ def test_schedule_requests_missing_and_unsynced_movies(instance: dg.DagsterInsta
     assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep2"]
     blob_clip(data_dir / "movies" / "ep1.mp4", [[1], [0]])  # the movie file changes
     assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep1", "ep2"]
+
+
+def test_lineage_bench_store_answers() -> None:
+    from vcn_assets.bench.lineage_bench import run_lineage_bench
+
+    r = run_lineage_bench(movies=3, reruns=2, repeat=1)
+    assert r["lineage_rows"] == 36 and r["chain_len"] == 7 and r["history_len"] == 2

@@ -61,7 +61,7 @@ def load_shape(tracks_dir: Path | None) -> EpisodeShape:
     return EpisodeShape(np.asarray(lengths, np.int64), mean_sizes / mean_sizes.sum())
 
 
-def synthetic_inputs(n_tracks: int, shape: EpisodeShape, crops: int = 0, seed: int = 0):  # noqa: ANN201
+def synthetic_inputs(n_tracks: int, shape: EpisodeShape, crops: int = 0, seed: int = 0):
     from vcn_assets.core.identity import ClusterInputs
 
     rng = np.random.default_rng(seed)

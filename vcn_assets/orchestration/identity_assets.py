@@ -44,7 +44,7 @@ def _inputs(vcn: VcnResource, key: str) -> tuple[ClusterInputs, np.ndarray, np.n
     return ClusterInputs.from_stage1(status, crop_row, views, co), track_ids, status, score
 
 
-def _save_checkpoint(vcn: VcnResource, key: str, result, in_dim: int, cfg: FinetuneConfig) -> tuple[Path, str]:  # noqa: ANN001
+def _save_checkpoint(vcn: VcnResource, key: str, result, in_dim: int, cfg: FinetuneConfig) -> tuple[Path, str]:
     """Write the checkpoint under a content-addressed name (``<key>-<digest>.safetensors``), so the
     path stored in DuckDB always names exactly the weights it was recorded with."""
     folder = vcn.data_path / "checkpoints"
@@ -62,7 +62,7 @@ def stored_checkpoint(vcn: VcnResource, key: str) -> Path:
     return Path(df["path"][0])
 
 
-def _checkpoint_frames(key: str, path: Path, digest: str, inputs: ClusterInputs, result, cfg: FinetuneConfig):  # noqa: ANN001, ANN202
+def _checkpoint_frames(key: str, path: Path, digest: str, inputs: ClusterInputs, result, cfg: FinetuneConfig):
     per_round = max(cfg.steps_per_round, 1)
     steps = np.arange(len(result.losses))
     return {

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,7 @@ from vcn_assets.core.config import ModelConfig, TrackConfig
 from vcn_assets.models.base import FaceModels
 from vcn_assets.models.registry import build_models, resolve_backend
 from vcn_assets.orchestration.partitions import resolve_movie
-from vcn_assets.store.db import Store
-
-
-def default_data_dir() -> str:
-    return os.environ.get("VCN_DATA_DIR", "data")
+from vcn_assets.store.db import Store, default_data_dir
 
 
 class VcnResource(dg.ConfigurableResource):

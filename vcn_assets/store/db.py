@@ -16,6 +16,7 @@ while another process holds the lock.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,6 +73,15 @@ ORDER_BY: dict[str, str] = {
     "cache_index": "asset",
     "lineage": "started_at DESC",
 }
+
+
+def default_data_dir() -> str:
+    """The project's data folder: $VCN_DATA_DIR, else ./data."""
+    return os.environ.get("VCN_DATA_DIR", "data")
+
+
+def default_store() -> Store:
+    return Store(Path(default_data_dir()).expanduser().resolve() / "vcn.duckdb")
 
 
 class StoreError(RuntimeError):
