@@ -49,9 +49,14 @@ def _materialize(key: str, backend: str, select: list[str] | None = None, force:
         instance=instance,
         resources={"vcn": VcnResource(backend=backend, force=force)},
         tags={"dagster/partition": key, "vcn/launched_by": "cli"},
+        raise_on_error=False,
     )
     if not result.success:
-        raise SystemExit(f"materialisation of {key} failed; see the run log in the Dagster UI")
+        failures = result.get_step_failure_events()
+        data = failures[0].step_failure_data if failures else None
+        why = (data.user_failure_data.description if data and data.user_failure_data else
+               data.error.message.strip().splitlines()[-1] if data and data.error else "see the run log")
+        raise SystemExit(f"materialisation of {key} failed: {why}")
     return result
 
 
@@ -136,14 +141,28 @@ def cmd_lineage(args: argparse.Namespace) -> None:
 def cmd_materialize(args: argparse.Namespace) -> None:
     from vcn_assets.orchestration.automation import PIPELINE_ASSETS
 
+    import dagster as dg
+
     _ensure_dagster_home()
     select = args.select.split(",") if args.select else list(PIPELINE_ASSETS)
-    result = _materialize(args.movie, args.backend, select=select, force=args.force)
-    for e in result.get_asset_materialization_events():
-        meta = e.materialization.metadata
-        cache = meta["cache"].text if "cache" in meta else "-"
-        print(f"{e.asset_key.to_user_string():<22} cache: {cache:<5} data version "
-              f"{e.materialization.tags.get('dagster/data_version', '')}")
+    keys = list(args.movies) or (sorted(dg.DagsterInstance.get().get_dynamic_partitions("movies")) if args.all else [])
+    if not keys:
+        raise SystemExit("vcn materialize: name one or more movie keys, or --all")
+    failed = []
+    for key in keys:  # one run per movie: a failure affects only that movie
+        try:
+            result = _materialize(key, args.backend, select=select, force=args.force)
+        except SystemExit as exc:
+            print(f"{key}: FAILED ({exc})")
+            failed.append(key)
+            continue
+        for e in result.get_asset_materialization_events():
+            meta = e.materialization.metadata
+            cache = meta["cache"].text if "cache" in meta else "-"
+            print(f"{key}  {e.asset_key.to_user_string():<22} cache: {cache:<5} data version "
+                  f"{e.materialization.tags.get('dagster/data_version', '')}")
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(keys)} movies failed: {', '.join(failed)}")
 
 
 def cmd_bench_lineage(args: argparse.Namespace) -> None:
@@ -212,7 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--json", action="store_true")
     li.set_defaults(fn=cmd_lineage)
     m = sub.add_parser("materialize", help="materialise a movie through Dagster on the project's instance")
-    m.add_argument("movie")
+    m.add_argument("movies", nargs="*", help="movie partition keys (a backfill when several)")
+    m.add_argument("--all", action="store_true", help="every registered movie")
     m.add_argument("--select", default=None, help="comma list of assets (default: all)")
     m.add_argument("--force", action="store_true", help="recompute even where the cache would hit")
     m.add_argument("--backend", default="auto")

@@ -118,3 +118,19 @@ def test_lineage_bench_store_answers() -> None:
 
     r = run_lineage_bench(movies=3, reruns=2, repeat=1)
     assert r["lineage_rows"] == 36 and r["chain_len"] == 7 and r["history_len"] == 2
+
+
+def test_vcn_lineage_cli_json(instance: dg.DagsterInstance, data_dir: Path, blob_movie: Path, monkeypatch,
+                              capsys) -> None:
+    import json
+
+    from vcn_assets.cli import main
+
+    shutil.copy(blob_movie, data_dir / "movies" / "ep1.mp4")
+    _run(instance, data_dir)
+    monkeypatch.setenv("VCN_DATA_DIR", str(data_dir))
+    main(["lineage", "ep1", "--asset", "crops", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"movie", "asset", "chain", "history"}
+    assert report["asset"] == "crops" and [e["asset"] for e in report["chain"]] == ["crops", "tracks", "shots", "movie_file"]
+    assert report["history"][0]["changed"] == ["first"]
