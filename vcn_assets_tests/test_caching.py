@@ -134,3 +134,29 @@ def test_vcn_lineage_cli_json(instance: dg.DagsterInstance, data_dir: Path, blob
     assert set(report) == {"movie", "asset", "chain", "history"}
     assert report["asset"] == "crops" and [e["asset"] for e in report["chain"]] == ["crops", "tracks", "shots", "movie_file"]
     assert report["history"][0]["changed"] == ["first"]
+
+
+def test_dagster_marks_shots_unsynced_when_the_movie_changes(instance: dg.DagsterInstance, data_dir: Path) -> None:
+    # Dagster's own staleness (what the UI shows as "Unsynced"), read through its resolver.
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._core.definitions.observe import observe
+    from dagster._core.loader import LoadingContextForTest
+
+    from vcn_assets.definitions import defs
+    from vcn_assets_tests.clips import blob_clip
+
+    blob_clip(data_dir / "movies" / "ep1.mp4", [[0, 1], [2]])
+    resources = {"vcn": VcnResource(data_dir=str(data_dir), backend="fake")}
+    instance.add_dynamic_partitions("movies", ["ep1"])
+    observe([ALL_ASSETS[0]], instance=instance, partition_key="ep1", resources=resources)
+    _run(instance, data_dir)
+    graph = defs.get_repository_def().asset_graph
+
+    def status() -> dict[str, str]:
+        resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+        return {k: resolver.get_status(dg.AssetKey(k), "ep1").value for k in ("shots", "clusters")}
+
+    assert status() == {"shots": "FRESH", "clusters": "FRESH"}
+    blob_clip(data_dir / "movies" / "ep1.mp4", [[1, 0], [2]])
+    observe([ALL_ASSETS[0]], instance=instance, partition_key="ep1", resources=resources)
+    assert status()["shots"] == "STALE"
