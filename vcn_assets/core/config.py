@@ -199,10 +199,11 @@ class FinetuneConfig:
 @dataclass(frozen=True)
 class MatchConfig:
     dims: int = knob(
-        8,
+        4,
         "Low-rank regularisation: Normals are fitted in the top principal subspace (of the track means) "
         "of this many dimensions. In all 128 dimensions no other track's mean ever falls inside a "
-        "track's own-crop threshold (measured on the dev cases); 4-8 gave matches at precision 1.0.",
+        "track's own-crop threshold (measured on the dev cases); at 4 the matches were still all "
+        "correct and 2-4x as many as at 8 (mean B-cubed F of the final clusters 0.80 vs 0.74).",
     )
     use_views: bool = knob(
         True,

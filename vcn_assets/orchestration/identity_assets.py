@@ -97,7 +97,9 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
         return df.height == 1 and Path(df["path"][0]).is_file()
 
     with user_errors():
-        stage = Stage("finetuned_checkpoint", describe(cfg), {}, ("crops",))
+        # the rounds soft-match with MatchConfig's defaults: part of what determines the checkpoint
+        stage = Stage("finetuned_checkpoint", {"finetune": describe(cfg), "match": describe(MatchConfig())},
+                      {}, ("crops",))
         return materialize_stage(context, vcn, stage, compute, still_valid=file_present)
 
 
