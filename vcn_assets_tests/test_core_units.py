@@ -137,6 +137,9 @@ def test_mad_outliers_low_side_only() -> None:
     q = np.array([0.80, 0.82, 0.81, 0.79, 0.80, 0.30, 0.99], np.float32)
     assert mad_outliers(q, 3.0, 5).tolist() == [False] * 5 + [True, False]
     assert mad_outliers(q[:4], 3.0, 5).tolist() == [False] * 4
+    tight = np.array([0.90, 0.902, 0.898, 0.901, 0.899, 0.873], np.float32)  # MAD 0.001
+    assert mad_outliers(tight, 3.0, 5).tolist() == [False] * 5 + [True]
+    assert mad_outliers(tight, 3.0, 5, min_gap=0.05).tolist() == [False] * 6
 
 
 def test_frontalness() -> None:

@@ -124,6 +124,12 @@ class CropConfig:
         "A track is a low-quality outlier ('unknown') when its quality is below median - k * 1.4826 * "
         "MAD of all track qualities (k=3 is the usual robust-outlier cut).",
     )
+    mad_min_gap: float = knob(
+        0.05,
+        "A track is an outlier only if it is also at least this far below the median quality: when "
+        "qualities are tightly packed the MAD shrinks and would flag ordinary tracks (measured on "
+        "tbbt_s01e01_open: all 14 track qualities within 0.873-0.920, and k*MAD flagged the 0.873 one).",
+    )
     mad_min_tracks: int = knob(
         5, "With fewer tracks the distribution is too thin to call outliers; none are marked."
     )

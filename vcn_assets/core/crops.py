@@ -179,7 +179,7 @@ def summarise_tracks(boxes: TrackBoxes, crops: Crops, cfg: CropConfig) -> TrackS
     )
     status = np.where(n > 0, VALID, NO_CROPS).astype("<U8")
     has = n > 0
-    outlier = mad_outliers(quality[has], cfg.mad_k, cfg.mad_min_tracks)
+    outlier = mad_outliers(quality[has], cfg.mad_k, cfg.mad_min_tracks, cfg.mad_min_gap)
     status[np.flatnonzero(has)[outlier]] = UNKNOWN
     rep = np.full(len(track_ids), -1, np.int64)
     score = crops.frontal * crops.quality

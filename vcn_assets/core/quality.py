@@ -29,10 +29,10 @@ def serfiq_quality(samples: NDArray[np.float32]) -> NDArray[np.float32]:
     return (2.0 / (1.0 + np.exp(dist.mean(axis=1)))).astype(np.float32)
 
 
-def mad_outliers(values: NDArray[np.float32], k: float, min_count: int) -> NDArray[np.bool_]:
-    """True where ``values`` lie below ``median - k * 1.4826 * MAD`` (low-side outliers only).
+def mad_outliers(values: NDArray[np.float32], k: float, min_count: int, min_gap: float = 0.0) -> NDArray[np.bool_]:
+    """True where ``values`` lie below ``median - max(k * 1.4826 * MAD, min_gap)`` (low side only).
 
-    With fewer than ``min_count`` values nothing is an outlier; with MAD = 0 (all equal or nearly)
+    With fewer than ``min_count`` values nothing is an outlier; with MAD = 0 and ``min_gap`` = 0
     only values strictly below the median by more than 1e-6 are.
     """
     values = np.asarray(values, np.float64)
@@ -40,7 +40,7 @@ def mad_outliers(values: NDArray[np.float32], k: float, min_count: int) -> NDArr
         return np.zeros(len(values), bool)
     med = np.median(values)
     mad = np.median(np.abs(values - med))
-    cut = med - k * MAD_TO_SIGMA * mad if mad > 0 else med - 1e-6
+    cut = med - max(k * MAD_TO_SIGMA * mad, min_gap, 1e-6)
     return values < cut
 
 
