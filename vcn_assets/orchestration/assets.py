@@ -128,7 +128,7 @@ def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource)
     def compute() -> Computed:
         info = _info_from_store(vcn, key)
         boxes = tables.boxes_from(vcn.store().read("track_boxes", key))
-        models = vcn.models(TrackConfig())
+        models = vcn.embedding_models()
         found = extract_crops(info, boxes, models, cfg)
         summary = summarise_tracks(boxes, found, cfg)
         frames = {"crops": tables.crops_frame(key, found), "track_quality": tables.quality_frame(key, summary)}

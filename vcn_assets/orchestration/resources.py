@@ -9,7 +9,6 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +60,22 @@ class VcnResource(dg.ConfigurableResource):
         return {"backend": resolve_backend(cfg), **dataclasses.asdict(cfg)}
 
     def models(self, track_cfg: TrackConfig) -> FaceModels:
-        return _cached_models(self.face_model_config(), track_cfg.min_face_px, track_cfg.min_score,
-                              track_cfg.detect_max_side)
+        """The face models for these detection settings, built once per process."""
+        key = (self.face_model_config(), track_cfg.min_face_px, track_cfg.min_score, track_cfg.detect_max_side)
+        if key not in _MODELS:
+            _MODELS[key] = build_models(*key)
+        return _MODELS[key]
+
+    def embedding_models(self) -> FaceModels:
+        """Models for embedding only: any already loaded with this model config (the detector settings
+        do not matter), else the defaults."""
+        cfg = self.face_model_config()
+        loaded = [m for key, m in _MODELS.items() if key[0] == cfg]
+        return loaded[-1] if loaded else self.models(TrackConfig())
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_models(cfg: ModelConfig, min_face_px: int, min_score: float, max_side: int) -> FaceModels:
-    return build_models(cfg, min_face_px, min_score, max_side)
+# Face models loaded in this process, by (model config, detector settings): steps of one run share them.
+_MODELS: dict[tuple, FaceModels] = {}
 
 
 def config_class(core_cls: type) -> type[dg.Config]:
