@@ -183,3 +183,16 @@ def test_summarise_tracks_marks_outliers_and_empty() -> None:
     assert s.status.tolist() == [VALID] * 5 + [UNKNOWN, NO_CROPS]
     assert s.rep_crop.tolist() == [0, 1, 2, 3, 4, 5, -1]
     assert math.isnan(s.quality[6])
+
+
+def test_contact_sheet_layout() -> None:
+    import cv2
+
+    from vcn_assets.core.contact_sheet import contact_sheet
+
+    red = cv2.imencode(".jpg", np.full((112, 112, 3), (0, 0, 255), np.uint8))[1].tobytes()
+    sheet = cv2.imdecode(np.frombuffer(contact_sheet([[red, red], [red]], thumb=20, per_row=3), np.uint8), 1)
+    assert sheet.shape == (40, 60, 3)
+    assert sheet[10, 10, 2] > 200 and sheet[30, 30, 2] < 60  # row 2 has one crop; the rest is background
+    with pytest.raises(ValueError, match="at least one row"):
+        contact_sheet([])

@@ -1,5 +1,6 @@
 """Stages 2-4 as per-movie assets: ``finetuned_checkpoint`` -> ``soft_matches`` -> ``clusters``."""
 
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -11,6 +12,7 @@ import polars as pl
 from vcn_assets.bench.clustering_eval import evaluate, track_counts
 from vcn_assets.bench.frontend_metrics import load_gt_boxes, match_boxes, track_identities
 from vcn_assets.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vcn_assets.core.contact_sheet import contact_sheet
 from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig, describe
 from vcn_assets.core.crops import UNKNOWN
 from vcn_assets.core.finetune import student_embeddings
@@ -140,6 +142,7 @@ def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnReso
         frames = _cluster_frames(vcn, key, track_ids, status, labels, score)
         sizes = frames["cluster_summary"]["n_tracks"].to_list()
         return Computed(frames, {
+            "contact_sheet": _sheet_markdown(vcn, key, frames["clusters"], score),
             "n_clusters": len(sizes), "largest_clusters": sorted(sizes, reverse=True)[:10],
             "n_unknown_tracks": int((status == UNKNOWN).sum()), "iterations": n_iter,
         }, tables.data_version(frames))
@@ -147,6 +150,29 @@ def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnReso
     with user_errors():
         stage = Stage("clusters", describe(cfg), {}, ("crops", "finetuned_checkpoint", "soft_matches"))
         return materialize_stage(context, vcn, stage, compute)
+
+
+SHEET_CLUSTERS = 24  # rows shown in the UI; metadata stays small (a 56 px thumbnail JPEG mosaic)
+
+
+def _sheet_markdown(vcn: VcnResource, key: str, assigned: pl.DataFrame, score: np.ndarray) -> dg.MetadataValue:
+    """Largest clusters first, each row its best crops (frontal x quality); unknown tracks last."""
+    crops_df = vcn.store().read("crops", key)
+    if crops_df.height == 0:
+        return dg.MetadataValue.md("no faces")
+    crops_df = crops_df.select("track_id", "jpeg").with_columns(pl.Series("score", score))
+    joined = crops_df.join(assigned.select("track_id", "cluster_id"), on="track_id")
+    sizes = joined.filter(pl.col("cluster_id") >= 0).group_by("cluster_id").agg(pl.col("track_id").n_unique().alias("n"))
+    order = sizes.sort(["n", "cluster_id"], descending=[True, False])["cluster_id"].to_list()[:SHEET_CLUSTERS]
+    rows = [joined.filter(pl.col("cluster_id") == c).sort("score", descending=True)["jpeg"].to_list() for c in order]
+    captions = [f"cluster {c}" for c in order]
+    unknown = joined.filter(pl.col("cluster_id") < 0).sort("score", descending=True)["jpeg"].to_list()
+    if unknown:
+        rows.append(unknown)
+        captions.append("unknown tracks")
+    jpeg = contact_sheet(rows)
+    legend = ", ".join(f"row {i + 1}: {c}" for i, c in enumerate(captions))
+    return dg.MetadataValue.md(f"![clusters](data:image/jpeg;base64,{base64.b64encode(jpeg).decode()})\n\n{legend}")
 
 
 def _cluster_frames(vcn: VcnResource, key: str, track_ids: np.ndarray, status: np.ndarray, labels: np.ndarray,
