@@ -4,6 +4,7 @@ import base64
 import hashlib
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import dagster as dg
 import numpy as np
@@ -30,20 +31,31 @@ ClusterRun = config_class(ClusterConfig)
 IDENTITY = "stage2_4_identity"
 
 
-def _inputs(vcn: VcnResource, key: str) -> tuple[ClusterInputs, np.ndarray, np.ndarray, np.ndarray]:
-    """ClusterInputs plus all track ids (T_all,), their status, and each crop's representative score."""
+class MovieInputs(NamedTuple):
+    """What Stages 2-4 read of one movie: ClusterInputs, all track ids (T_all,), their status, each
+    crop's representative score (C,) and the crops table itself (read once per step)."""
+
+    inputs: ClusterInputs
+    track_ids: np.ndarray
+    status: np.ndarray
+    score: np.ndarray
+    crops: pl.DataFrame
+
+
+def _inputs(vcn: VcnResource, key: str) -> MovieInputs:
     store = vcn.store()
     tq = store.read("track_quality", key)
     track_ids = tq["track_id"].to_numpy().astype(np.int64) if tq.height else np.zeros(0, np.int64)
     status = np.asarray(tq["status"].to_list() if tq.height else [], dtype="<U8")
-    crop_track, views, score = tables.crops_arrays(store.read("crops", key))
+    crops_df = store.read("crops", key)
+    crop_track, views, score = tables.crops_arrays(crops_df)
     boxes = store.read("track_boxes", key)
     row = {t: i for i, t in enumerate(track_ids.tolist())}
     crop_row = np.array([row[t] for t in crop_track.tolist()], np.int64)
     box_row = np.array([row[t] for t in boxes["track_id"].to_list()], np.int64) if boxes.height else np.zeros(0, np.int64)
     box_frame = boxes["frame_idx"].to_numpy().astype(np.int64) if boxes.height else np.zeros(0, np.int64)
     co = cooccurrence(box_row, box_frame, len(track_ids))
-    return ClusterInputs.from_stage1(status, crop_row, views, co), track_ids, status, score
+    return MovieInputs(ClusterInputs.from_stage1(status, crop_row, views, co), track_ids, status, score, crops_df)
 
 
 def _save_checkpoint(vcn: VcnResource, key: str, result, in_dim: int, cfg: FinetuneConfig) -> tuple[Path, str]:
@@ -84,7 +96,7 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
     cfg = to_core(config, FinetuneConfig)
 
     def compute() -> Computed:
-        inputs, _, _, _ = _inputs(vcn, key)
+        inputs = _inputs(vcn, key).inputs
         result = adapt(inputs, cfg, MatchConfig())
         path, digest = _save_checkpoint(vcn, key, result, inputs.views.shape[2], cfg)
         frames = _checkpoint_frames(key, path, digest, inputs, result, cfg)
@@ -112,7 +124,7 @@ def soft_matches(context: dg.AssetExecutionContext, config: MatchRun, vcn: VcnRe
     cfg = to_core(config, MatchConfig)
 
     def compute() -> Computed:
-        inputs, track_ids, _, _ = _inputs(vcn, key)
+        inputs, track_ids, *_ = _inputs(vcn, key)
         ft = load_checkpoint(stored_checkpoint(vcn, key), inputs.views.shape[2])
         samples, sample_track = flatten_views(inputs.views, inputs.crop_track, cfg.use_views)
         emb = student_embeddings(ft.student, samples)
@@ -136,13 +148,15 @@ def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnReso
     cfg = to_core(config, ClusterConfig)
 
     def compute() -> Computed:
-        inputs, track_ids, status, score = _inputs(vcn, key)
+        inputs, track_ids, status, score, crops_df = _inputs(vcn, key)
         ft = load_checkpoint(stored_checkpoint(vcn, key), inputs.views.shape[2])
         labels, n_iter = final_clusters(inputs, ft, cfg)
-        frames = _cluster_frames(vcn, key, track_ids, status, labels, score)
+        crops_df = crops_df.select("crop_id", "track_id", "jpeg").with_columns(
+            pl.Series("score", score, dtype=pl.Float32))
+        frames = _cluster_frames(vcn, key, track_ids, status, labels, crops_df)
         sizes = frames["cluster_summary"]["n_tracks"].to_list()
         return Computed(frames, {
-            "contact_sheet": _sheet_markdown(vcn, key, frames["clusters"], score),
+            "contact_sheet": _sheet_markdown(frames["clusters"], crops_df),
             "n_clusters": len(sizes), "largest_clusters": sorted(sizes, reverse=True)[:10],
             "n_unknown_tracks": int((status == UNKNOWN).sum()), "iterations": n_iter,
         }, tables.data_version(frames))
@@ -155,12 +169,11 @@ def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnReso
 SHEET_CLUSTERS = 24  # rows shown in the UI; metadata stays small (a 56 px thumbnail JPEG mosaic)
 
 
-def _sheet_markdown(vcn: VcnResource, key: str, assigned: pl.DataFrame, score: np.ndarray) -> dg.MetadataValue:
-    """Largest clusters first, each row its best crops (frontal x quality); unknown tracks last."""
-    crops_df = vcn.store().read("crops", key)
+def _sheet_markdown(assigned: pl.DataFrame, crops_df: pl.DataFrame) -> dg.MetadataValue:
+    """Largest clusters first, each row its best crops (frontal x quality); unknown tracks last.
+    ``crops_df``: crop_id, track_id, jpeg, score."""
     if crops_df.height == 0:
         return dg.MetadataValue.md("no faces")
-    crops_df = crops_df.select("track_id", "jpeg").with_columns(pl.Series("score", score))
     joined = crops_df.join(assigned.select("track_id", "cluster_id"), on="track_id")
     sizes = joined.filter(pl.col("cluster_id") >= 0).group_by("cluster_id").agg(pl.col("track_id").n_unique().alias("n"))
     order = sizes.sort(["n", "cluster_id"], descending=[True, False])["cluster_id"].to_list()[:SHEET_CLUSTERS]
@@ -176,13 +189,11 @@ def _sheet_markdown(vcn: VcnResource, key: str, assigned: pl.DataFrame, score: n
 
 
 def _cluster_frames(vcn: VcnResource, key: str, track_ids: np.ndarray, status: np.ndarray, labels: np.ndarray,
-                    score: np.ndarray) -> dict[str, pl.DataFrame]:
-    store = vcn.store()
+                    crops_df: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """``crops_df``: crop_id, track_id, score (the representative score)."""
     assigned = pl.DataFrame({"movie_key": [key] * len(track_ids), "track_id": track_ids.astype(np.int32),
                              "cluster_id": labels.astype(np.int32), "status": status.tolist()})
-    crops_df = store.read("crops", key).select("crop_id", "track_id", "frame_idx")
-    crops_df = crops_df.with_columns(pl.Series("score", score)) if crops_df.height else crops_df.with_columns(pl.lit(0.0).alias("score"))
-    tracks_df = store.read("tracks", key).select("track_id", "start_frame", "end_frame")
+    tracks_df = vcn.store().read("tracks", key).select("track_id", "start_frame", "end_frame")
     valid = assigned.filter(pl.col("cluster_id") >= 0)
     per_track = valid.join(tracks_df, on="track_id", how="left")
     summary = per_track.group_by("cluster_id").agg(
