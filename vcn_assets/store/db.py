@@ -45,9 +45,16 @@ SCHEMA: dict[str, str] = {
     "finetune_loss": "movie_key VARCHAR, step INTEGER, round INTEGER, loss FLOAT",
     "soft_matches": """movie_key VARCHAR, round INTEGER, track_id INTEGER, matched_track_id INTEGER,
         log_pdf DOUBLE, threshold DOUBLE""",
-    "clusters": "movie_key VARCHAR, track_id INTEGER, cluster_id INTEGER, status VARCHAR",
+    # status: valid / unknown (quality outlier) / no_crops / not_face (a user correction); name: the
+    # user's name for the track's cluster (from the corrections file), NULL when unnamed.
+    "clusters": "movie_key VARCHAR, track_id INTEGER, cluster_id INTEGER, status VARCHAR, name VARCHAR",
     "cluster_summary": """movie_key VARCHAR, cluster_id INTEGER, n_tracks INTEGER, n_crops INTEGER,
-        rep_crop_id INTEGER, first_frame INTEGER, last_frame INTEGER""",
+        rep_crop_id INTEGER, first_frame INTEGER, last_frame INTEGER, name VARCHAR""",
+    # For each cluster, the nearest other clusters by the learnt metric (rank 1 = nearest): score is
+    # the Stage 4 cluster-pair score, threshold the larger of the two clusters' thresholds; a merge
+    # would have happened had score been below threshold (margin = score - threshold > 0).
+    "merge_suggestions": """movie_key VARCHAR, cluster_id INTEGER, rank INTEGER, other_cluster_id INTEGER,
+        score DOUBLE, threshold DOUBLE, margin DOUBLE""",
     # One row per (movie, asset): the fingerprint and data version of the rows now stored. Written in
     # the same transaction as the rows, so it never describes rows that are not there.
     "cache_index": "movie_key VARCHAR, asset VARCHAR, fingerprint VARCHAR, data_version VARCHAR",
@@ -70,9 +77,15 @@ ORDER_BY: dict[str, str] = {
     "soft_matches": "round, track_id, matched_track_id",
     "clusters": "track_id",
     "cluster_summary": "cluster_id",
+    "merge_suggestions": "cluster_id, rank",
     "cache_index": "asset",
     "lineage": "started_at DESC",
 }
+
+
+def _columns(cols: str) -> list[str]:
+    """``"a INTEGER, b FLOAT[]"`` -> ``["a INTEGER", "b FLOAT[]"]`` (SCHEMA types contain no commas)."""
+    return [c.strip() for c in cols.split(",")]
 
 
 def default_data_dir() -> str:
@@ -116,8 +129,14 @@ class Store:
             con.close()
 
     def ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Create missing tables, and add columns that a store written by an older version lacks."""
         for table, cols in SCHEMA.items():
             con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
+            have = {r[0] for r in con.execute(
+                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
+            for col in _columns(cols):
+                if col.split()[0] not in have:
+                    con.execute(f"ALTER TABLE {table} ADD COLUMN {col}")
 
     def replace(
         self, movie_key: str, frames: dict[str, pl.DataFrame], cache_entry: tuple[str, str, str] | None = None
