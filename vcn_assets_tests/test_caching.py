@@ -89,7 +89,7 @@ def test_lineage_report_chain_and_changes(instance: dg.DagsterInstance, data_dir
     report = lineage_report(Store(data_dir / "vcn.duckdb"), "ep1", "clusters")
     assert report["movie"] == "ep1" and report["asset"] == "clusters"
     assert [e["asset"] for e in report["chain"]][0] == "clusters"
-    assert {e["asset"] for e in report["chain"]} == {*CACHED, "movie_file"}
+    assert {e["asset"] for e in report["chain"]} == {*CACHED, "movie_file", "corrections"}
     assert report["chain"][-1]["source"] is True
     assert [e["cache"] for e in report["history"]] == ["miss", "hit", "miss"]
     assert [e["changed"] for e in report["history"]] == [["config"], [], ["first"]]

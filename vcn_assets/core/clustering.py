@@ -3,6 +3,7 @@
 Usage::
 
     labels, n_iter = cluster_tracks(crops_terms, track_terms, crop_track, cannot_link, ClusterConfig())
+    hints = merge_suggestions(crops_terms, track_terms, crop_track, labels, cannot_link, ClusterConfig())
 
 The metric between items i and j is the symmetrised DINO loss ``-(P_i . logS_j + P_j . logS_i) / 2``
 (P: teacher probabilities, logS: student log-probabilities). Because it is bilinear, the mean over
@@ -95,26 +96,103 @@ def _merge(score: NDArray[np.float64], match: NDArray[np.bool_], blocked: NDArra
     return np.unique(roots, return_inverse=True)[1].astype(np.int64)
 
 
+@dataclass(frozen=True)
+class Constraints:
+    """A reviewer's links over the tracks being clustered: ``component`` (T,) tracks that must end in
+    one cluster share a value; ``cannot_link`` (T, T) pairs that must not. A must-link overrides the
+    co-occurrence rule for that pair (the reviewer has seen the faces)."""
+
+    component: NDArray[np.int64]
+    cannot_link: NDArray[np.bool_]
+
+    @classmethod
+    def none(cls, n: int) -> Constraints:
+        return cls(np.arange(n, dtype=np.int64), np.zeros((n, n), bool))
+
+
+def _blocked_tracks(cannot_link: NDArray[np.bool_] | None, cfg: ClusterConfig, user: Constraints) -> NDArray[np.bool_]:
+    n = len(user.component)
+    co = cannot_link if cannot_link is not None and cfg.respect_cooccurrence else np.zeros((n, n), bool)
+    together = user.component[:, None] == user.component[None, :]
+    return (co & ~together) | user.cannot_link
+
+
+def _cluster_blocked(blocked: NDArray[np.bool_], labels: NDArray[np.int64], n: int) -> NDArray[np.bool_]:
+    onehot = np.zeros((len(labels), n))
+    onehot[np.arange(len(labels)), labels] = 1
+    return (onehot.T @ blocked.astype(np.float64) @ onehot) > 0
+
+
+def _scores(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[np.int64], labels: NDArray[np.int64]):
+    """(cluster-pair scores (n, n), cluster thresholds (n,)) for the clustering ``labels``."""
+    n = int(labels.max()) + 1
+    thr = cluster_thresholds(crops, labels[crop_track], n)
+    items = _cluster_items(crops, tracks, crop_track, labels, n)
+    return pair_losses(items, items), thr
+
+
 def cluster_tracks(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[np.int64],
-                   cannot_link: NDArray[np.bool_] | None, cfg: ClusterConfig) -> tuple[NDArray[np.int64], int]:
-    """Cluster labels (T,) of the tracks, and the number of iterations run."""
+                   cannot_link: NDArray[np.bool_] | None, cfg: ClusterConfig,
+                   user: Constraints | None = None) -> tuple[NDArray[np.int64], int]:
+    """Cluster labels (T,) of the tracks, and the number of iterations run. ``cannot_link``: tracks
+    sharing a frame; ``user``: the reviewer's links (must-linked tracks start in one cluster)."""
     n_tracks = len(tracks.p)
-    labels = np.arange(n_tracks, dtype=np.int64)
-    if n_tracks < 2:
+    user = user or Constraints.none(n_tracks)
+    labels = np.unique(user.component, return_inverse=True)[1].astype(np.int64)
+    if labels.max(initial=-1) + 1 < 2:
         return labels, 0
-    cl = cannot_link if cannot_link is not None and cfg.respect_cooccurrence else np.zeros((n_tracks,) * 2, bool)
+    blocked_tracks = _blocked_tracks(cannot_link, cfg, user)
     for it in range(1, cfg.max_iterations + 1):
         n = int(labels.max()) + 1
-        thr = cluster_thresholds(crops, labels[crop_track], n)
-        items = _cluster_items(crops, tracks, crop_track, labels, n)
-        score = pair_losses(items, items)
+        score, thr = _scores(crops, tracks, crop_track, labels)
         match = (score < thr[:, None]) | (score < thr[None, :])
         np.fill_diagonal(match, False)
-        onehot = np.zeros((n_tracks, n))
-        onehot[np.arange(n_tracks), labels] = 1
-        blocked = (onehot.T @ cl.astype(np.float64) @ onehot) > 0
+        blocked = _cluster_blocked(blocked_tracks, labels, n)
         merged = _merge(score, match & ~blocked, blocked)
         if merged.max() + 1 == n:
             return labels, it
         labels = merged[labels]
     return labels, cfg.max_iterations
+
+
+@dataclass(frozen=True)
+class MergeSuggestions:
+    """For each cluster, its nearest other clusters (rank 1 = nearest) by ``margin`` = cluster-pair
+    score - the larger of the two thresholds (Stage 4 merges when the margin is negative)."""
+
+    cluster: NDArray[np.int64]
+    rank: NDArray[np.int64]
+    other: NDArray[np.int64]
+    score: NDArray[np.float64]
+    threshold: NDArray[np.float64]
+
+    @property
+    def margin(self) -> NDArray[np.float64]:
+        return self.score - self.threshold
+
+    def __len__(self) -> int:
+        return len(self.cluster)
+
+
+def merge_suggestions(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[np.int64],
+                      labels: NDArray[np.int64], cannot_link: NDArray[np.bool_] | None, cfg: ClusterConfig,
+                      user: Constraints | None = None, k: int = 3) -> MergeSuggestions:
+    """Up to ``k`` nearest other clusters per cluster, leaving out pairs that may never merge
+    (tracks sharing a frame, the reviewer's cannot-links)."""
+    n = int(labels.max(initial=-1)) + 1
+    empty = np.zeros(0, np.int64)
+    if n < 2:
+        return MergeSuggestions(empty, empty, empty, np.zeros(0), np.zeros(0))
+    score, thr = _scores(crops, tracks, crop_track, labels)
+    thr_pair = np.maximum(thr[:, None], thr[None, :])
+    margin = score - thr_pair
+    margin[_cluster_blocked(_blocked_tracks(cannot_link, cfg, user or Constraints.none(len(tracks.p))), labels, n)] = np.inf
+    np.fill_diagonal(margin, np.inf)
+    order = np.argsort(margin, axis=1, kind="stable")[:, :k]
+    rows = np.repeat(np.arange(n), order.shape[1])
+    cols = order.ravel()
+    keep = np.isfinite(margin[rows, cols])
+    rows, cols = rows[keep], cols[keep]
+    rank = (np.tile(np.arange(1, order.shape[1] + 1), n))[keep]
+    return MergeSuggestions(rows.astype(np.int64), rank.astype(np.int64), cols.astype(np.int64),
+                            score[rows, cols], thr_pair[rows, cols])

@@ -6,6 +6,11 @@ Usage::
     out = cluster_movie(inputs, FinetuneConfig(), MatchConfig(), ClusterConfig())
     out.cluster_of_track          # (T_all,) cluster id per track, -1 for tracks excluded (unknown / no crops)
 
+    # with a reviewer's corrections (core/corrections.py) resolved to track rows:
+    status = corrected_status(status, resolved)
+    inputs = ClusterInputs.from_stage1(status, ...)
+    final = final_clusters(inputs, ft, ClusterConfig(), constraints_for(inputs, resolved))
+
 Only ``valid`` tracks are finetuned on and clustered; the others keep cluster -1.
 """
 
@@ -21,9 +26,18 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from vcn_assets.core.adaptation import pair_loss_terms
-from vcn_assets.core.clustering import MetricTerms, cluster_tracks
+from vcn_assets.core.clustering import (
+    Constraints,
+    MergeSuggestions,
+    MetricTerms,
+    cluster_tracks,
+    merge_suggestions,
+)
 from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig
-from vcn_assets.core.crops import VALID
+from vcn_assets.core.corrections import Resolved, link_matrices
+from vcn_assets.core.crops import UNKNOWN, VALID
+
+NOT_FACE = "not_face"  # status of a track the reviewer marked as not a face
 from vcn_assets.core.finetune import FinetuneResult, TrainingSet, finetune
 
 
@@ -88,19 +102,57 @@ def adapt(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: MatchConfig)
     return finetune(data, ft_cfg, match_cfg)
 
 
-def final_clusters(inputs: ClusterInputs, ft: FinetuneResult, cl_cfg: ClusterConfig) -> tuple[NDArray[np.int64], int]:
-    """Stage 4: cluster id per track (all tracks; -1 for excluded ones) and the iterations run."""
+def corrected_status(status: NDArray[np.str_], resolved: Resolved) -> NDArray[np.str_]:
+    """Track status after the reviewer's corrections: ``not_face`` tracks leave the clustering;
+    quality outliers (``unknown``) that the reviewer linked or named join it."""
+    out = status.astype(object).copy()
+    out[resolved.not_face] = NOT_FACE
+    linked = np.array(sorted(resolved.linked), np.int64)
+    if len(linked):
+        out[linked[out[linked] == UNKNOWN]] = VALID
+    return out.astype(str)
+
+
+def constraints_for(inputs: ClusterInputs, resolved: Resolved) -> Constraints:
+    """The reviewer's links restricted to the tracks being clustered."""
+    comp, cannot = link_matrices(inputs.n_all, resolved)
+    vi = inputs.valid_index
+    return Constraints(np.unique(comp[vi], return_inverse=True)[1].astype(np.int64), cannot[np.ix_(vi, vi)])
+
+
+@dataclass(frozen=True)
+class FinalClusters:
+    cluster_of_track: NDArray[np.int64]  # (T_all,), -1 for tracks not clustered
+    n_iterations: int
+    suggestions: MergeSuggestions
+
+
+def final_clusters(inputs: ClusterInputs, ft: FinetuneResult, cl_cfg: ClusterConfig,
+                   user: Constraints | None = None, n_suggestions: int = 3) -> FinalClusters:
+    """Stage 4: cluster id per track (all tracks; -1 for excluded ones), the iterations run, and
+    each cluster's nearest other clusters."""
     n = len(inputs.valid_index)
     out = np.full(inputs.n_all, -1, np.int64)
     if n == 0:
-        return out, 0
+        return FinalClusters(out, 0, merge_suggestions(*_no_terms(), np.zeros(0, np.int64), None, cl_cfg))
     views = inputs.views if cl_cfg.use_views else inputs.views[:, :1]
     crops = metric_terms(ft, views.reshape(-1, views.shape[2]))
     crop_track = np.repeat(inputs.crop_track, views.shape[1])
     tracks = metric_terms(ft, track_mean_inputs(inputs.views, inputs.crop_track, n))
-    labels, n_iter = cluster_tracks(crops, tracks, crop_track, inputs.cannot_link, cl_cfg)
+    labels, n_iter = cluster_tracks(crops, tracks, crop_track, inputs.cannot_link, cl_cfg, user)
+    hints = merge_suggestions(crops, tracks, crop_track, labels, inputs.cannot_link, cl_cfg, user, n_suggestions)
     out[inputs.valid_index] = labels
-    return out, n_iter
+    return FinalClusters(out, n_iter, hints)
+
+
+def _no_terms() -> tuple[MetricTerms, MetricTerms, NDArray[np.int64]]:
+    empty = MetricTerms(np.zeros((0, 1)), np.zeros((0, 1)))
+    return empty, empty, np.zeros(0, np.int64)
+
+
+def cluster_names(cluster_of_track: NDArray[np.int64], resolved: Resolved) -> dict[int, str]:
+    """Cluster id -> the name the reviewer gave one of its tracks (names attach to tracks)."""
+    return {int(cluster_of_track[r]): name for r, name in resolved.name_of.items() if cluster_of_track[r] >= 0}
 
 
 def cluster_movie(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: MatchConfig,
@@ -109,6 +161,6 @@ def cluster_movie(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: Matc
     t0 = time.perf_counter()
     ft = adapt(inputs, ft_cfg, match_cfg)
     t1 = time.perf_counter()
-    labels, n_iter = final_clusters(inputs, ft, cl_cfg)
+    final = final_clusters(inputs, ft, cl_cfg)
     seconds = {"finetune_and_match": t1 - t0, "cluster": time.perf_counter() - t1}
-    return ClusterOutput(labels, ft, n_iter, seconds)
+    return ClusterOutput(final.cluster_of_track, ft, final.n_iterations, seconds)

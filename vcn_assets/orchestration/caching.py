@@ -24,6 +24,7 @@ from typing import Any
 
 import dagster as dg
 import polars as pl
+from dagster._core.definitions.data_version import DATA_VERSION_TAG  # the tag Dagster reads versions from
 
 from vcn_assets.orchestration.resources import VcnResource
 
@@ -84,6 +85,19 @@ def _lineage(context: dg.AssetExecutionContext, stage: Stage, key: str, fp: str,
     }
 
 
+def _earlier_metadata(context: dg.AssetExecutionContext, key: str, version: str) -> dict[str, Any]:
+    """The pictures and figures of the latest materialisation of this partition when it holds the
+    same data version, so a cache hit still shows them in the UI (empty otherwise)."""
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[key]), limit=1).records
+    if not records:
+        return {}
+    event = records[0].asset_materialization
+    if event is None or (event.tags or {}).get(DATA_VERSION_TAG) != version:
+        return {}
+    return {k: v for k, v in event.metadata.items() if k not in ("cache", "fingerprint", "inputs", "row_counts")}
+
+
 def materialize_stage(
     context: dg.AssetExecutionContext, vcn: VcnResource, stage: Stage, compute: Callable[[], Computed],
     extra_inputs: dict[str, str] | None = None, still_valid: Callable[[], bool] = lambda: True,
@@ -99,7 +113,8 @@ def materialize_stage(
     base = {"fingerprint": fp, "inputs": inputs, "code_version": stage.code_version, "config": stage.config}
     if not vcn.force and cached is not None and cached[0] == fp and still_valid():
         store.append_lineage(_lineage(context, stage, key, fp, inputs, started, cached[1], {}, "hit", "success"))
-        return dg.MaterializeResult(metadata={"cache": "hit", **base}, data_version=dg.DataVersion(cached[1]))
+        shown = {**_earlier_metadata(context, key, cached[1]), "cache": "hit", **base}
+        return dg.MaterializeResult(metadata=shown, data_version=dg.DataVersion(cached[1]))
     try:
         out = compute()
         store.replace(key, out.frames, (stage.asset, fp, out.data_version))

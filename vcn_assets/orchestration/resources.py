@@ -47,6 +47,10 @@ class VcnResource(dg.ConfigurableResource):
     def movie_path(self, key: str) -> Path:
         return resolve_movie(self.movies_path, key)
 
+    def corrections_path(self, key: str) -> Path:
+        """The reviewer's corrections of one movie (``vcn correct`` writes it; see core/corrections.py)."""
+        return self.data_path / "corrections" / f"{key}.json"
+
     def face_model_config(self) -> ModelConfig:
         return ModelConfig(
             backend=self.backend, insightface_pack=self.insightface_pack, device=self.device,

@@ -145,7 +145,7 @@ def _hash_column(h: hashlib._Hash, s: pl.Series) -> None:
         h.update(s.list.len().to_numpy().tobytes())
         h.update(s.explode().to_numpy().tobytes())
     elif s.dtype == pl.String:
-        h.update("\x00".join(s.to_list()).encode())
+        h.update("\x00".join("\x01" if v is None else v for v in s.to_list()).encode())  # \x01: null
     else:
         h.update(s.to_numpy().tobytes())
 
@@ -174,3 +174,13 @@ def matches_frame(movie_key: str, rounds: list, track_ids: np.ndarray) -> pl.Dat
     return pl.concat(parts) if parts else pl.DataFrame(schema={
         "movie_key": pl.String, "round": pl.Int32, "track_id": pl.Int32, "matched_track_id": pl.Int32,
         "log_pdf": pl.Float64, "threshold": pl.Float64})
+
+
+def suggestions_frame(movie_key: str, s) -> pl.DataFrame:
+    """Stage 4's merge suggestions (core.clustering.MergeSuggestions) as ``merge_suggestions`` rows."""
+    return pl.DataFrame({
+        "movie_key": [movie_key] * len(s), "cluster_id": s.cluster.astype(np.int32), "rank": s.rank.astype(np.int32),
+        "other_cluster_id": s.other.astype(np.int32), "score": s.score.astype(np.float64),
+        "threshold": s.threshold.astype(np.float64), "margin": s.margin.astype(np.float64),
+    }, schema={"movie_key": pl.String, "cluster_id": pl.Int32, "rank": pl.Int32, "other_cluster_id": pl.Int32,
+               "score": pl.Float64, "threshold": pl.Float64, "margin": pl.Float64})
