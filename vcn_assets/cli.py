@@ -5,6 +5,7 @@ Usage::
     vcn demo                      # generate the sample movie, run every stage on it, print results
     vcn bench CASE_DIR... --json OUT
     vcn add PATH                  # copy a movie into the movies folder; prints its partition key
+    vcn export KEY... --out DIR   # clusters.csv, clusters.json, thumbs/ and index.html per movie
 """
 
 from __future__ import annotations
@@ -196,6 +197,36 @@ def cmd_add(args: argparse.Namespace) -> None:
     print(key)
 
 
+def _export_formats(value: str) -> list[str]:
+    from vcn_assets.export import FORMATS
+
+    formats = [f.strip() for f in value.split(",") if f.strip()]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise argparse.ArgumentTypeError(f"{value!r}: formats are {', '.join(FORMATS)} (comma-separated)")
+    return formats
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from vcn_assets.export import FORMATS, ExportError, read_report, write_export
+    from vcn_assets.store.db import Store, StoreError, default_store
+
+    store = Store(args.store) if args.store else default_store()
+    formats = {f for group in args.format or [FORMATS] for f in group}
+    try:
+        reports = [read_report(store, key) for key in args.movies]  # all checked before anything is written
+    except (ExportError, StoreError) as exc:
+        raise SystemExit(f"vcn export: {exc}") from exc
+    for report in reports:
+        written = write_export(report, args.out / report.movie.key, formats)
+        thumbs = [p for p in written if p.suffix == ".jpg"]
+        for path in written:
+            if path.suffix != ".jpg":
+                print(path)
+        if thumbs:
+            print(f"{thumbs[0].parent}/ ({len(thumbs)} thumbnails)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vcn", description="VideoClusterNet face-track clustering (Dagster project)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -245,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("add", help="copy a movie into the movies folder and register its partition")
     a.add_argument("path")
     a.set_defaults(fn=cmd_add)
+    e = sub.add_parser("export", help="write a movie's clusters as CSV, JSON and a static offline review page")
+    e.add_argument("movies", nargs="+", help="movie partition keys")
+    e.add_argument("--format", action="append", type=_export_formats, metavar="FORMATS",
+                   help="csv, json, html; repeatable or comma-separated (default: all three)")
+    e.add_argument("--out", type=Path, required=True, metavar="DIR", help="writes DIR/<movie key>/")
+    e.add_argument("--store", type=Path, default=None, metavar="PATH",
+                   help="DuckDB file (default: $VCN_DATA_DIR/vcn.duckdb)")
+    e.set_defaults(fn=cmd_export)
     return p
 
 
