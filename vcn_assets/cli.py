@@ -5,6 +5,8 @@ Usage::
     vcn demo                      # generate the sample movie, run every stage on it, print results
     vcn bench CASE_DIR... --json OUT
     vcn add PATH                  # copy a movie into the movies folder; prints its partition key
+    vcn correct KEY --name 3 Sheldon --merge 3 7 [--apply]   # corrections every re-run honours
+    vcn export KEY --out DIR      # CSV / JSON / offline HTML review page
     vcn export KEY... --out DIR   # clusters.csv, clusters.json, thumbs/ and index.html per movie
 """
 
@@ -140,9 +142,9 @@ def cmd_lineage(args: argparse.Namespace) -> None:
 
 
 def cmd_materialize(args: argparse.Namespace) -> None:
-    from vcn_assets.orchestration.automation import PIPELINE_ASSETS
-
     import dagster as dg
+
+    from vcn_assets.orchestration.automation import PIPELINE_ASSETS
 
     _ensure_dagster_home()
     select = args.select.split(",") if args.select else list(PIPELINE_ASSETS)
@@ -195,6 +197,45 @@ def cmd_add(args: argparse.Namespace) -> None:
     key = movie_key(dest.name)
     dg.DagsterInstance.get().add_dynamic_partitions("movies", [key])
     print(key)
+
+
+def cmd_correct(args: argparse.Namespace) -> None:
+    from vcn_assets.core.corrections import Corrections, CorrectionsError
+    from vcn_assets.orchestration.resources import VcnResource
+    from vcn_assets.store.review import cluster_ref, track_ref
+
+    vcn = VcnResource()
+    store, key = vcn.store(), args.movie
+    path = vcn.corrections_path(key)
+    try:
+        corr = Corrections.load(path)
+        t = lambda i: track_ref(store, key, i)
+        c = lambda i: cluster_ref(store, key, i)
+        for a, b in args.must_link or []:
+            corr = corr.add_must_link(t(a), t(b))
+        for a, b in args.cannot_link or []:
+            corr = corr.add_cannot_link(t(a), t(b))
+        for a, b in args.merge or []:
+            corr = corr.add_must_link(c(a), c(b))
+        for a, b in args.keep_apart or []:
+            corr = corr.add_cannot_link(c(a), c(b))
+        for track, name in args.name_track or []:
+            corr = corr.add_name(name, t(int(track)))
+        for cluster, name in args.name or []:
+            corr = corr.add_name(name, c(int(cluster)))
+        for track in args.not_face or []:
+            corr = corr.add_not_face(t(track))
+    except (CorrectionsError, ValueError) as exc:
+        raise SystemExit(f"vcn correct: {exc}") from exc
+    if any((args.must_link, args.cannot_link, args.merge, args.keep_apart, args.name_track, args.name, args.not_face)):
+        corr.save(path)
+        print(f"{path}: {len(corr)} corrections")
+    else:
+        print(path.read_text() if path.exists() else f"{path}: no corrections yet")
+    if args.apply:
+        _ensure_dagster_home()
+        _materialize(key, args.backend)
+        print(f"re-clustered {key}: {store.count('cluster_summary', key)} clusters")
 
 
 def _export_formats(value: str) -> list[str]:
@@ -276,6 +317,24 @@ def build_parser() -> argparse.ArgumentParser:
     a = sub.add_parser("add", help="copy a movie into the movies folder and register its partition")
     a.add_argument("path")
     a.set_defaults(fn=cmd_add)
+    c = sub.add_parser("correct", help="record corrections that every later clustering of the movie honours",
+                       description="Names and links attach to tracks (anchored to a face box), so they "
+                                   "survive re-runs that renumber clusters. Cluster ids are those of the "
+                                   "latest clustering (UI contact sheet, `vcn export`). Without options: "
+                                   "print the corrections file.")
+    c.add_argument("movie", help="movie partition key")
+    c.add_argument("--name", nargs=2, action="append", metavar=("CLUSTER", "NAME"), help="name a cluster")
+    c.add_argument("--name-track", nargs=2, action="append", metavar=("TRACK", "NAME"), help="name a track's cluster")
+    c.add_argument("--merge", nargs=2, type=int, action="append", metavar=("CLUSTER", "CLUSTER"),
+                   help="two clusters are one person")
+    c.add_argument("--keep-apart", nargs=2, type=int, action="append", metavar=("CLUSTER", "CLUSTER"),
+                   help="two clusters are two people")
+    c.add_argument("--must-link", nargs=2, type=int, action="append", metavar=("TRACK", "TRACK"))
+    c.add_argument("--cannot-link", nargs=2, type=int, action="append", metavar=("TRACK", "TRACK"))
+    c.add_argument("--not-face", type=int, action="append", metavar="TRACK", help="a track that is not a face")
+    c.add_argument("--apply", action="store_true", help="re-materialise the movie now (only `clusters` recomputes)")
+    c.add_argument("--backend", default="auto")
+    c.set_defaults(fn=cmd_correct)
     e = sub.add_parser("export", help="write a movie's clusters as CSV, JSON and a static offline review page")
     e.add_argument("movies", nargs="+", help="movie partition keys")
     e.add_argument("--format", action="append", type=_export_formats, metavar="FORMATS",
