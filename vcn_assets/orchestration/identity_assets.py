@@ -195,6 +195,7 @@ def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnReso
         sizes = frames["cluster_summary"]["n_tracks"].to_list()
         return Computed(frames, {
             "contact_sheet": _sheet_markdown(frames["clusters"], crops_df),
+            "merge_suggestions": _suggestions_markdown(frames["merge_suggestions"], names),
             "n_clusters": len(sizes), "largest_clusters": sorted(sizes, reverse=True)[:10],
             "n_unknown_tracks": int((m.status == UNKNOWN).sum()), "iterations": final.n_iterations,
             "named_clusters": dict(sorted((str(c), n) for c, n in names.items())[:50]),
@@ -250,6 +251,25 @@ def _broken_corrections(cluster_of: dict[int, int], m: MovieTracks) -> list[str]
 SHEET_CLUSTERS = 24  # rows shown in the UI; metadata stays small (a 56 px thumbnail JPEG mosaic)
 
 
+def _md_text(name: str) -> str:
+    """A reviewer-given name as literal Markdown text (no markup, no table breaks)."""
+    return "".join("\\" + ch if ch in "\\`*_{}[]()#+-.!|<>" else ch for ch in name)
+
+
+def _suggestions_markdown(hints: pl.DataFrame, names: dict[int, str], rows: int = 15) -> dg.MetadataValue:
+    """The closest cluster pairs that Stage 4 kept apart (each pair once), nearest first."""
+    pairs = hints.with_columns(pl.min_horizontal("cluster_id", "other_cluster_id").alias("a"),
+                               pl.max_horizontal("cluster_id", "other_cluster_id").alias("b"))
+    pairs = pairs.unique(["a", "b"]).sort("margin").head(rows)
+    if pairs.height == 0:
+        return dg.MetadataValue.md("no other cluster to suggest")
+    label = lambda c: f"{c} ({names[c]})" if c in names else str(c)
+    lines = ["| cluster | may be the same person as | score | threshold | margin |", "|---|---|---|---|---|"]
+    lines += [f"| {label(r['a'])} | {label(r['b'])} | {r['score']:.3f} | {r['threshold']:.3f} | {r['margin']:.3f} |"
+              for r in pairs.iter_rows(named=True)]
+    return dg.MetadataValue.md("\n".join(lines) + "\n\nmerge with `vcn correct MOVIE --merge A B --apply`")
+
+
 def _sheet_markdown(assigned: pl.DataFrame, crops_df: pl.DataFrame) -> dg.MetadataValue:
     """Largest clusters first, each row its best crops (frontal x quality); unknown tracks last.
     ``crops_df``: crop_id, track_id, jpeg, score."""
@@ -259,7 +279,8 @@ def _sheet_markdown(assigned: pl.DataFrame, crops_df: pl.DataFrame) -> dg.Metada
     sizes = joined.filter(pl.col("cluster_id") >= 0).group_by("cluster_id").agg(pl.col("track_id").n_unique().alias("n"))
     order = sizes.sort(["n", "cluster_id"], descending=[True, False])["cluster_id"].to_list()[:SHEET_CLUSTERS]
     rows = [joined.filter(pl.col("cluster_id") == c).sort("score", descending=True)["jpeg"].to_list() for c in order]
-    captions = [f"cluster {c}" for c in order]
+    names = dict(assigned.filter(pl.col("name").is_not_null()).select("cluster_id", "name").unique().iter_rows())
+    captions = [f"cluster {c}" + (f" ({_md_text(names[c])})" if c in names else "") for c in order]
     unknown = joined.filter(pl.col("cluster_id") < 0).sort("score", descending=True)["jpeg"].to_list()
     if unknown:
         rows.append(unknown)
