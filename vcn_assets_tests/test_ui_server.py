@@ -356,10 +356,9 @@ def _graph_url(server: Server) -> str:
     return f"{server.url}/asset-groups?expanded=" + quote(",".join(f"global@global:{g}" for g in groups), safe="")
 
 
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed: apt-get install chromium")
 def test_chromium_renders_asset_graph(server: Server, tmp_path: Path) -> None:
     chromium = shutil.which("chromium")
-    if chromium is None:
-        pytest.skip("chromium not installed: apt-get install chromium")
     url = _graph_url(server)
     shot = tmp_path / "asset_graph.png"
     # The window size matters: at headless Chromium's default 800x600 the graph panel stays empty.
