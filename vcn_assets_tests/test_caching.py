@@ -97,6 +97,7 @@ def test_lineage_report_chain_and_changes(instance: dg.DagsterInstance, data_dir
 
 def test_schedule_requests_missing_and_unsynced_movies(instance: dg.DagsterInstance, data_dir: Path,
                                                       blob_movie: Path) -> None:
+    from vcn_assets.core.corrections import Corrections, TrackRef
     from vcn_assets.orchestration.automation import refresh_schedule
     from vcn_assets_tests.clips import blob_clip
 
@@ -108,6 +109,10 @@ def test_schedule_requests_missing_and_unsynced_movies(instance: dg.DagsterInsta
 
     ctx = dg.build_schedule_context(instance=instance, resources={"vcn": VcnResource(data_dir=str(data_dir))},
                                     scheduled_execution_time=datetime(2026, 11, 28, 3, 0))
+    assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep2"]
+    Corrections().add_not_face(TrackRef(1)).save(data_dir / "corrections" / "ep1.json")  # a reviewer's edit
+    assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep1", "ep2"]
+    (data_dir / "corrections" / "ep1.json").unlink()
     assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep2"]
     blob_clip(data_dir / "movies" / "ep1.mp4", [[1], [0]])  # the movie file changes
     assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep1", "ep2"]

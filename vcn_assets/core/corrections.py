@@ -27,6 +27,7 @@ Tracks given the same name are must-linked, tracks given different names are can
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field, replace
@@ -139,6 +140,10 @@ class Corrections:
     def canonical(self) -> str:
         """A stable text of the content (what the clusters fingerprint depends on)."""
         return json.dumps(self.to_json(), sort_keys=True, ensure_ascii=False)
+
+    def version(self) -> str:
+        """Content hash: the data version of the corrections as an input of ``clusters``."""
+        return hashlib.sha256(self.canonical().encode()).hexdigest()[:16]
 
     def save(self, path: Path) -> None:
         """Write atomically: a reader never sees half a file."""

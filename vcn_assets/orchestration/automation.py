@@ -37,10 +37,21 @@ def new_movies_sensor(context: dg.SensorEvaluationContext, vcn: VcnResource) -> 
     )
 
 
+def _corrections_version(vcn: VcnResource, key: str) -> str | None:
+    """The corrections file's version; None when it is unreadable (a run then reports why)."""
+    from vcn_assets.core.corrections import Corrections, CorrectionsError
+
+    try:
+        return Corrections.load(vcn.corrections_path(key)).version()
+    except CorrectionsError:
+        return None
+
+
 def stale_movies(vcn: VcnResource, keys: list[str]) -> list[str]:
     """Movies whose stored results are missing or out of date: an asset without a stored result,
-    a movie file whose hash differs from the one ``shots`` was computed from, or an asset computed by
-    another code version. (Config changes made in a run's config are the caller's to re-run.)"""
+    a movie file whose hash differs from the one ``shots`` was computed from, corrections that
+    changed since ``clusters`` last ran, or an asset computed by another code version. (Config
+    changes made in a run's config are the caller's to re-run.)"""
     from vcn_assets.core.files import file_sha256
     from vcn_assets.orchestration.caching import CODE_VERSIONS
 
@@ -60,8 +71,10 @@ def stale_movies(vcn: VcnResource, keys: list[str]) -> list[str]:
         codes = dict(zip(latest["asset"].to_list(), latest["code_version"].to_list()))
         shots = latest.filter(latest["asset"] == "shots")
         movie_hash = json.loads(shots["inputs"][0]).get("movie_file") if shots.height else None
-        if movie_hash != file_sha256(found[key]) or any(codes.get(a) != v for a, v in CODE_VERSIONS.items()
-                                                        if a in codes):
+        clusters = latest.filter(latest["asset"] == "clusters")
+        corrections = json.loads(clusters["inputs"][0]).get("corrections") if clusters.height else None
+        if (movie_hash != file_sha256(found[key]) or corrections != _corrections_version(vcn, key)
+                or any(codes.get(a) != v for a, v in CODE_VERSIONS.items() if a in codes)):
             stale.append(key)
     return stale
 

@@ -204,7 +204,7 @@ def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnReso
 
     with user_errors():
         stage = Stage("clusters", describe(cfg), {}, ("crops", "finetuned_checkpoint", "soft_matches"))
-        extra = {"corrections": hashlib.sha256(corrections.canonical().encode()).hexdigest()[:16]}
+        extra = {"corrections": corrections.version()}
         result = materialize_stage(context, vcn, stage, compute, extra_inputs=extra)
         store = vcn.store()
         return with_checks(result, cluster_checks(store.read("clusters", key), store.read("cluster_summary", key),
