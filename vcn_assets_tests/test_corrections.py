@@ -158,6 +158,12 @@ def test_corrections_survive_reruns_and_rerun_only_clusters(instance: dg.Dagster
     n_clusters = _stored(data_dir, "cluster_summary").height
     assert hints["cluster_id"].n_unique() <= n_clusters and (hints["cluster_id"] != hints["other_cluster_id"]).all()
 
+    # the review page of the real result shows the name, the merge suggestions and the not-a-face track
+    main(["export", "ep1", "--out", str(data_dir / "exports")])
+    page = (data_dir / "exports" / "ep1" / "index.html").read_text()
+    assert "Ada" in page and "not_face" in page
+    assert hints.height == 0 or "may be the same person as" in page
+
 
 def _checks(instance: dg.DagsterInstance, data_dir: Path) -> dict[str, bool]:
     """Materialise ``clusters`` again (a cache hit) and return its check outcomes."""
