@@ -40,20 +40,22 @@ def _materialize(key: str, backend: str, select: list[str] | None = None, force:
 
     from vcn_assets.definitions import ALL_ASSETS
     from vcn_assets.orchestration.automation import PIPELINE_ASSETS
+    from vcn_assets.orchestration.progress import terminal_progress_bars
     from vcn_assets.orchestration.resources import VcnResource
 
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition("movies", key):
         instance.add_dynamic_partitions("movies", [key])
-    result = dg.materialize(
-        ALL_ASSETS,
-        selection=select or list(PIPELINE_ASSETS),
-        partition_key=key,
-        instance=instance,
-        resources={"vcn": VcnResource(backend=backend, force=force)},
-        tags={"dagster/partition": key, "vcn/launched_by": "cli"},
-        raise_on_error=False,
-    )
+    with terminal_progress_bars():  # a bar per long step on stderr (none when it is not a terminal)
+        result = dg.materialize(
+            ALL_ASSETS,
+            selection=select or list(PIPELINE_ASSETS),
+            partition_key=key,
+            instance=instance,
+            resources={"vcn": VcnResource(backend=backend, force=force)},
+            tags={"dagster/partition": key, "vcn/launched_by": "cli"},
+            raise_on_error=False,
+        )
     if not result.success:
         failures = result.get_step_failure_events()
         data = failures[0].step_failure_data if failures else None

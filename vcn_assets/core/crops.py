@@ -4,6 +4,7 @@ Usage::
 
     crops = extract_crops(info, boxes, models, CropConfig())   # Crops, one row per kept crop
     tracks = summarise_tracks(boxes, crops, CropConfig())      # TrackSummary: quality, status, rep
+    quality_cut(tracks.quality[tracks.n_crops > 0], CropConfig())  # the outlier threshold applied
 
 Per track, a crop is sampled every ``crop_interval`` frames among frames where the detector ran
 (interpolated landmarks are not precise enough to align), capped at ``max_crops_per_track``.
@@ -24,7 +25,8 @@ from numpy.typing import NDArray
 
 from vcn_assets.core.align import align_faces
 from vcn_assets.core.config import CropConfig
-from vcn_assets.core.quality import frontalness, mad_outliers, serfiq_quality, sharpness
+from vcn_assets.core.progress import Progress, ProgressCounter
+from vcn_assets.core.quality import frontalness, mad_cut, mad_outliers, serfiq_quality, sharpness
 from vcn_assets.core.tracking import TrackBoxes
 from vcn_assets.core.video import VideoInfo, iter_frames
 from vcn_assets.models.base import ARCFACE_ALIGNMENT, FaceModels
@@ -105,8 +107,13 @@ def _frames_with_rows(
         yield frame_bgr, rows[frames == frame_idx]
 
 
-def extract_crops(info: VideoInfo, boxes: TrackBoxes, models: FaceModels, cfg: CropConfig) -> Crops:
-    """Align, filter, embed and score the sampled crops of every track (one streaming decode)."""
+def extract_crops(
+    info: VideoInfo, boxes: TrackBoxes, models: FaceModels, cfg: CropConfig, progress: Progress | None = None
+) -> Crops:
+    """Align, filter, embed and score the sampled crops of every track (one streaming decode).
+
+    ``progress(done, total)`` counts sampled crops finished: embedded, or dropped as blurry.
+    """
     rows = size_filter(boxes, sample_rows(boxes, cfg), cfg)
     kept: list[NDArray[np.int64]] = []
     shown: list[NDArray[np.uint8]] = []
@@ -114,6 +121,8 @@ def extract_crops(info: VideoInfo, boxes: TrackBoxes, models: FaceModels, cfg: C
     batch: list[NDArray[np.uint8]] = []
     results: list[tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]] = []
     rng = np.random.default_rng(cfg.seed)
+    counter = ProgressCounter(len(rows), progress)
+    seen = 0
     for frame_bgr, frame_rows in _frames_with_rows(info, boxes, rows):
         disp = align_faces(frame_bgr, boxes.kps[frame_rows], ARCFACE_ALIGNMENT)
         s = sharpness(disp)
@@ -125,8 +134,11 @@ def extract_crops(info: VideoInfo, boxes: TrackBoxes, models: FaceModels, cfg: C
         if sum(len(b) for b in batch) >= 64:
             results.append(_embed(models, np.concatenate(batch), cfg, rng))
             batch = []
+        seen += len(frame_rows)
+        counter.update(seen - sum(len(b) for b in batch))
     if batch:
         results.append(_embed(models, np.concatenate(batch), cfg, rng))
+    counter.finish()
     return _assemble(boxes, kept, shown, sharp, results, models.embedder.dim, cfg)
 
 
@@ -188,3 +200,9 @@ def summarise_tracks(boxes: TrackBoxes, crops: Crops, cfg: CropConfig) -> TrackS
         if len(idx):
             rep[i] = idx[np.argmax(score[idx])]
     return TrackSummary(track_ids.astype(np.int64), n, quality, status, rep)
+
+
+def quality_cut(quality: NDArray[np.float32], cfg: CropConfig) -> float | None:
+    """Track quality below which :func:`summarise_tracks` marks a track ``unknown``; ``quality`` holds
+    the tracks that have crops. None when there are too few tracks to judge (``mad_min_tracks``)."""
+    return mad_cut(quality, cfg.mad_k, cfg.mad_min_tracks, cfg.mad_min_gap)

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 
 from vcn_assets.core.adaptation import AdaptNet, DINOLoss
 from vcn_assets.core.config import FinetuneConfig, MatchConfig
+from vcn_assets.core.progress import Progress, ProgressCounter
 from vcn_assets.core.soft_match import SoftMatches, flatten_views, soft_match
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def _train_round(state: dict, data: TrainingSet, partners: list[NDArray[np.int64
                 pt.mul_(m).add_(ps.detach() * (1 - m))
             loss_fn.update_center(torch.cat([t1, t2]))
         state["step"] += 1
+        state["progress"].update(state["step"])
         losses.append(float(loss.detach()))
     return losses
 
@@ -134,13 +136,18 @@ def _single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig) -> FinetuneResult:
-    """All rounds of finetune -> soft-match; deterministic for ``cfg.seed``."""
+def finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
+             progress: Progress | None = None) -> FinetuneResult:
+    """All rounds of finetune -> soft-match; deterministic for ``cfg.seed``.
+
+    ``progress(done, total)`` counts training steps over all rounds (total 0 without tracks).
+    """
     with _single_thread():
-        return _finetune(data, cfg, match_cfg)
+        return _finetune(data, cfg, match_cfg, progress)
 
 
-def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig) -> FinetuneResult:
+def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
+              progress: Progress | None = None) -> FinetuneResult:
     rng = np.random.default_rng(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -151,7 +158,8 @@ def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig) ->
     loss_fn = DINOLoss(cfg.out_dim, cfg)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"student": student, "teacher": teacher, "loss": loss_fn, "opt": opt, "step": 0,
-             "ema": _ema_schedule(cfg, cfg.rounds * cfg.steps_per_round)}
+             "ema": _ema_schedule(cfg, cfg.rounds * cfg.steps_per_round),
+             "progress": ProgressCounter(cfg.rounds * cfg.steps_per_round if data.n_tracks else 0, progress)}
     losses, rounds, matches = [], [], []
     partners = None
     for r in range(1, cfg.rounds + 1):
@@ -165,4 +173,5 @@ def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig) ->
         rounds.append({"round": r, "final_loss": float(np.mean(round_losses[-20:])) if round_losses else math.nan,
                        "n_matches": len(m)})
         log.info("round %d: loss %.4f, %d soft matches", r, rounds[-1]["final_loss"], len(m))
+    state["progress"].finish()
     return FinetuneResult(student, teacher, loss_fn, losses, rounds, matches)

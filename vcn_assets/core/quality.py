@@ -4,6 +4,7 @@ Usage::
 
     q = serfiq_quality(samples)                  # samples (N, T, D) -> (N,) in (0, 1]
     outlier = mad_outliers(track_quality, k=3.0)  # low-side robust outliers
+    cut = mad_cut(track_quality, k=3.0, min_count=5)  # its threshold (None: too few values)
 
 SER-FIQ (Terhoerst et al., CVPR 2020): quality = 2 / (1 + exp(mean pairwise Euclidean distance of
 the T L2-normalised stochastic embeddings)); 1.0 = perfectly stable identity vector.
@@ -20,7 +21,7 @@ MAD_TO_SIGMA = 1.4826  # MAD of a Normal distribution times this = its standard 
 
 def serfiq_quality(samples: NDArray[np.float32]) -> NDArray[np.float32]:
     """(N, T, D) stochastic embeddings -> (N,) SER-FIQ quality. Needs T >= 2."""
-    n, t, _ = samples.shape
+    _, t, _ = samples.shape
     if t < 2:
         raise ValueError(f"SER-FIQ needs at least 2 stochastic samples per crop, got {t}")
     x = samples / np.maximum(np.linalg.norm(samples, axis=2, keepdims=True), 1e-12)
@@ -36,12 +37,21 @@ def mad_outliers(values: NDArray[np.float32], k: float, min_count: int, min_gap:
     only values strictly below the median by more than 1e-6 are.
     """
     values = np.asarray(values, np.float64)
-    if len(values) < min_count:
+    cut = mad_cut(values, k, min_count, min_gap)
+    if cut is None:
         return np.zeros(len(values), bool)
+    return values < cut
+
+
+def mad_cut(values: NDArray[np.floating], k: float, min_count: int, min_gap: float = 0.0) -> float | None:
+    """The value below which :func:`mad_outliers` flags: ``median - max(k * 1.4826 * MAD, min_gap,
+    1e-6)``; None with fewer than ``min_count`` values (nothing is an outlier then)."""
+    values = np.asarray(values, np.float64)
+    if len(values) < min_count:
+        return None
     med = np.median(values)
     mad = np.median(np.abs(values - med))
-    cut = med - max(k * MAD_TO_SIGMA * mad, min_gap, 1e-6)
-    return values < cut
+    return float(med - max(k * MAD_TO_SIGMA * mad, min_gap, 1e-6))
 
 
 def sharpness(crops_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:

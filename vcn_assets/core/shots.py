@@ -17,6 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vcn_assets.core.config import ShotConfig
+from vcn_assets.core.progress import Progress, ProgressCounter
 from vcn_assets.core.video import VideoInfo, iter_frames
 
 
@@ -63,16 +64,22 @@ def _make_detector(cfg: ShotConfig):
     raise ValueError(f"unknown shot detector {cfg.detector!r}; expected 'adaptive' or 'content'")
 
 
-def detect_shots(info: VideoInfo, cfg: ShotConfig) -> Shots:
-    """Cut detection over the whole movie (one streaming decode at ``analysis_width``)."""
+def detect_shots(info: VideoInfo, cfg: ShotConfig, progress: Progress | None = None) -> Shots:
+    """Cut detection over the whole movie (one streaming decode at ``analysis_width``).
+
+    ``progress(done, total)`` is called as frames are scored (total = the probed frame count).
+    """
     from scenedetect import FrameTimecode
 
     detector = _make_detector(cfg)
+    counter = ProgressCounter(info.n_frames, progress)
     cuts: list[int] = []
     last = 0
     for frame_idx, frame_bgr in iter_frames(info.path, width=cfg.analysis_width):
         tc = FrameTimecode(frame_idx, fps=info.fps)
         cuts += [c.frame_num for c in detector.process_frame(tc, frame_bgr)]
         last = frame_idx
+        counter.update(frame_idx + 1)
     cuts += [c.frame_num for c in detector.post_process(FrameTimecode(last, fps=info.fps))]
+    counter.finish()
     return Shots.from_cuts(cuts, last + 1)

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
 from vcn_assets.core.config import TrackConfig
+from vcn_assets.core.progress import Progress, ProgressCounter
 from vcn_assets.core.shots import Shots
 from vcn_assets.core.video import VideoInfo, iter_frames
 from vcn_assets.models.base import Detections, FaceDetector
@@ -159,10 +160,14 @@ def detection_frames(shots: Shots, stride: int) -> NDArray[np.int64]:
 
 
 def track_faces(
-    info: VideoInfo, shots: Shots, detector: FaceDetector, cfg: TrackConfig
+    info: VideoInfo, shots: Shots, detector: FaceDetector, cfg: TrackConfig, progress: Progress | None = None
 ) -> TrackBoxes:
-    """Detect on a stride of frames, track within each shot, interpolate between detections."""
+    """Detect on a stride of frames, track within each shot, interpolate between detections.
+
+    ``progress(done, total)`` counts the detection frames processed (total = all of them).
+    """
     wanted = detection_frames(shots, cfg.detect_stride)
+    counter = ProgressCounter(len(wanted), progress)
     tracker = ShotTracker(cfg)
     tracks: list[tuple[_Track, int]] = []
     shot = 0
@@ -173,6 +178,8 @@ def track_faces(
             shot = new_shot
         dets = _filter(detector.detect(frame_bgr), cfg)
         tracker.update(frame_idx, dets, appearance(frame_bgr, dets.xyxy))
+        counter.advance()
+    counter.finish()
     tracks += [(t, shot) for t in tracker.reset()]
     half = cfg.detect_stride // 2
     rows = [_densify(t, int(shots.start_frame[s]), int(shots.end_frame[s]), half) for t, s in tracks]

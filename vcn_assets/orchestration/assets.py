@@ -2,6 +2,9 @@
 
 Each asset reads its inputs from the DuckDB store, makes one core call, replaces the movie's rows
 in one transaction, and returns metadata plus a data version (a content hash of what it wrote).
+Pictures (``tracks``: timeline, ``crops``: quality histogram) and the ``crops`` asset check are
+made from the stored rows after the cache decision, so cache hits carry them too. Long core steps
+report progress to the run log (see ``progress.py``).
 """
 
 
@@ -10,16 +13,20 @@ from contextlib import contextmanager
 
 import dagster as dg
 import numpy as np
+import polars as pl
 from dagster._core.definitions.data_version import DATA_VERSION_TAG  # the tag Dagster reads versions from
 
 from vcn_assets.core.checkpoint import CheckpointError
 from vcn_assets.core.config import CropConfig, ShotConfig, TrackConfig, VideoConfig, describe
-from vcn_assets.core.crops import UNKNOWN, VALID, extract_crops, summarise_tracks
+from vcn_assets.core.crops import UNKNOWN, VALID, extract_crops, quality_cut, summarise_tracks
+from vcn_assets.core.plots import markdown_image, quality_histogram, timeline
 from vcn_assets.core.shots import detect_shots
 from vcn_assets.core.tracking import track_faces
 from vcn_assets.core.video import VideoError, VideoInfo, content_hash, probe
 from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
+from vcn_assets.orchestration.checks import embeddings_finite, with_checks
 from vcn_assets.orchestration.partitions import MOVIES
+from vcn_assets.orchestration.progress import step_progress
 from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
 from vcn_assets.store import tables
 from vcn_assets.store.db import StoreError
@@ -83,7 +90,7 @@ def shots(context: dg.AssetExecutionContext, config: ShotsRun, vcn: VcnResource)
 
     def compute() -> Computed:
         info = probe(path, VideoConfig().min_frames)
-        found = detect_shots(info, cfg)
+        found = detect_shots(info, cfg, progress=step_progress(context, "shots", "frames"))
         frames = {"movies": tables.movie_frame(key, info, digest), "shots": tables.shots_frame(key, found)}
         lengths = (found.end_frame - found.start_frame + 1) / info.fps
         return Computed(frames, {
@@ -107,7 +114,7 @@ def tracks(context: dg.AssetExecutionContext, config: TracksRun, vcn: VcnResourc
         info = _info_from_store(vcn, key)
         found_shots = tables.shots_from(vcn.store().read("shots", key))
         models = vcn.models(cfg)
-        boxes = track_faces(info, found_shots, models.detector, cfg)
+        boxes = track_faces(info, found_shots, models.detector, cfg, progress=step_progress(context, "tracks", "frames"))
         frames = {"track_boxes": tables.boxes_frame(key, boxes), "tracks": tables.tracks_frame(key, boxes, found_shots)}
         return Computed(frames, {
             "n_tracks": boxes.n_tracks, "n_boxes": len(boxes), "n_detections": int(boxes.detected.sum()),
@@ -116,10 +123,13 @@ def tracks(context: dg.AssetExecutionContext, config: TracksRun, vcn: VcnResourc
 
     with user_errors():
         stage = Stage("tracks", describe(cfg), vcn.model_identity(), ("shots",))
-        return materialize_stage(context, vcn, stage, compute)
+        result = materialize_stage(context, vcn, stage, compute)
+        return with_metadata(result, {"timeline": _timeline_picture(vcn, key)})
 
 
-@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[tracks], code_version=CODE_VERSIONS["crops"])
+@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[tracks], code_version=CODE_VERSIONS["crops"],
+          check_specs=[dg.AssetCheckSpec("embeddings_finite", asset="crops", description=(
+              "Every stored embedding and SER-FIQ view is finite and all have one dimension."))])
 def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Sampled, aligned, filtered crops with embeddings and SER-FIQ quality; outlier tracks unknown."""
     key = context.partition_key
@@ -129,7 +139,7 @@ def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource)
         info = _info_from_store(vcn, key)
         boxes = tables.boxes_from(vcn.store().read("track_boxes", key))
         models = vcn.embedding_models()
-        found = extract_crops(info, boxes, models, cfg)
+        found = extract_crops(info, boxes, models, cfg, progress=step_progress(context, "crops", "crops"))
         summary = summarise_tracks(boxes, found, cfg)
         frames = {"crops": tables.crops_frame(key, found), "track_quality": tables.quality_frame(key, summary)}
         status = summary.status.tolist()
@@ -141,4 +151,34 @@ def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource)
 
     with user_errors():
         stage = Stage("crops", describe(cfg), vcn.model_identity(), ("tracks",))
-        return materialize_stage(context, vcn, stage, compute)
+        result = materialize_stage(context, vcn, stage, compute)
+        store = vcn.store()
+        pictures = {"quality_histogram": _quality_picture(store.read("track_quality", key), cfg)}
+        return with_checks(with_metadata(result, pictures), [embeddings_finite(store.read("crops", key))])
+
+
+def with_metadata(result: dg.MaterializeResult, extra: dict) -> dg.MaterializeResult:
+    """``result`` with ``extra`` metadata entries added (a MaterializeResult is immutable)."""
+    return dg.MaterializeResult(asset_key=result.asset_key, metadata={**(result.metadata or {}), **extra},
+                                data_version=result.data_version, tags=result.tags,
+                                check_results=result.check_results)
+
+
+def _timeline_picture(vcn: VcnResource, key: str) -> dg.MetadataValue:
+    """Shot cuts and face tracks on screen over time, from the stored rows."""
+    store = vcn.store()
+    movie = store.read("movies", key).row(0, named=True)
+    spans = store.read("tracks", key).select("start_frame", "end_frame").to_numpy()
+    starts = store.read("shots", key)["start_frame"].to_numpy()
+    png = timeline(movie["fps"], movie["n_frames"], starts, spans)
+    return dg.MetadataValue.md(markdown_image(png, "face tracks over time"))
+
+
+def _quality_picture(track_quality: pl.DataFrame, cfg: CropConfig) -> dg.MetadataValue:
+    """Per-track quality with the outlier cut (recomputed from the stored qualities, as
+    ``summarise_tracks`` computed it from the same values)."""
+    with_crops = track_quality.filter(pl.col("n_crops") > 0)["quality"].to_numpy()
+    cut = quality_cut(with_crops, cfg)
+    png = quality_histogram(with_crops, cut)
+    text = f"outlier cut {cut:.4f}" if cut is not None else f"no outlier cut (fewer than {cfg.mad_min_tracks} tracks)"
+    return dg.MetadataValue.md(f"{markdown_image(png, 'track quality')}\n\n{text}")
