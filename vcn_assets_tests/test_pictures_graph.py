@@ -40,10 +40,16 @@ def _assert_pictures_and_check(result: dg.ExecuteInProcessResult, cache: str) ->
     quality = mats["crops"].metadata["quality_histogram"].value
     _png(quality, "track quality")
     assert "no outlier cut (fewer than" in quality  # the blob clip has 4 tracks
-    checks = result.get_asset_check_evaluations()
-    assert [(c.asset_key.to_user_string(), c.check_name, c.passed) for c in checks] == \
-        [("crops", "embeddings_finite", True)]
-    assert checks[0].metadata["n_crops"].value == 8
+    _png(mats["finetuned_checkpoint"].metadata["loss_curve"].value, "finetuning loss")
+    _png(mats["clusters"].metadata["embedding_plot"].value, "tracks by cluster")
+    _png(mats["clusters"].metadata["cast_timeline"].value, "who is on screen when")
+    assert "may be the same person as" in mats["clusters"].metadata["merge_suggestions"].value
+    checks = {(c.asset_key.to_user_string(), c.check_name): c for c in result.get_asset_check_evaluations()}
+    assert {k: c.passed for k, c in checks.items()} == {
+        ("crops", "embeddings_finite"): True, ("clusters", "every_valid_track_in_one_cluster"): True,
+        ("clusters", "no_empty_cluster"): True, ("clusters", "corrections_honoured"): True,
+        ("evaluation", "ground_truth_scores"): True}
+    assert checks[("crops", "embeddings_finite")].metadata["n_crops"].value == 8
 
 
 def test_stage1_pictures_check_and_progress(instance: dg.DagsterInstance, data_dir: Path, blob_movie: Path) -> None:
@@ -68,7 +74,7 @@ def test_stage1_pictures_check_and_progress(instance: dg.DagsterInstance, data_d
     assert events == []  # nothing was recomputed
 
 
-def test_crops_check_on_a_movie_without_faces(instance: dg.DagsterInstance, data_dir: Path) -> None:
+def test_checks_and_pictures_on_a_movie_without_faces(instance: dg.DagsterInstance, data_dir: Path) -> None:
     from vcn_assets_tests.clips import blob_clip
 
     blob_clip(data_dir / "movies" / "nofaces.mp4", [[], []])
@@ -77,4 +83,6 @@ def test_crops_check_on_a_movie_without_faces(instance: dg.DagsterInstance, data
     mats = _materializations(result)
     _png(mats["tracks"].metadata["timeline"].value, "face tracks over time")
     _png(mats["crops"].metadata["quality_histogram"].value, "track quality")
-    assert [c.passed for c in result.get_asset_check_evaluations()] == [True]
+    assert [c.passed for c in result.get_asset_check_evaluations()] == [True] * 5
+    _png(mats["clusters"].metadata["cast_timeline"].value, "who is on screen when")  # "no data"
+    _png(mats["clusters"].metadata["embedding_plot"].value, "tracks by cluster")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from vcn_assets.core.plots import (
+    cast_timeline,
     embedding_plot,
     loss_curve,
     markdown_image,
@@ -109,6 +110,7 @@ def test_empty_inputs_give_no_data_images() -> None:
         quality_histogram([], None),
         quality_histogram([np.nan, np.nan], 0.5),  # only tracks without crops
         timeline(25.0, 0, [], []),
+        cast_timeline(25.0, 100, []),
     ]
     for png in empties:
         _decode(png)
@@ -135,3 +137,10 @@ def test_markdown_image_round_trips() -> None:
     md = markdown_image(png, "quality [tracks]")
     assert md.startswith("![quality (tracks)](data:image/png;base64,") and md.endswith(")")
     assert base64.b64decode(md[md.index(",") + 1 : -1]) == png
+
+
+def test_cast_timeline_draws_the_clusters_with_most_screen_time() -> None:
+    rows = [(f"cluster {i}", [[i * 10, i * 10 + 5 * i]]) for i in range(20)]
+    png = cast_timeline(25.0, 1000, rows)
+    assert _decode(png).shape[:2] == (208, 360) and len(png) < 40_000
+    assert png == cast_timeline(25.0, 1000, rows)

@@ -39,6 +39,7 @@ from vcn_assets.core.crops import UNKNOWN, VALID
 
 NOT_FACE = "not_face"  # status of a track the reviewer marked as not a face
 from vcn_assets.core.finetune import FinetuneResult, TrainingSet, finetune
+from vcn_assets.core.progress import Progress
 
 
 def cooccurrence(track_of_box: NDArray[np.int64], frame_of_box: NDArray[np.int64], n_tracks: int) -> NDArray[np.bool_]:
@@ -96,10 +97,11 @@ def track_mean_inputs(views: NDArray[np.float32], crop_track: NDArray[np.int64],
     return (sums / np.maximum(np.bincount(crop_track, minlength=n), 1)[:, None]).astype(np.float32)
 
 
-def adapt(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: MatchConfig) -> FinetuneResult:
+def adapt(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: MatchConfig,
+          progress: Progress | None = None) -> FinetuneResult:
     """Stages 2 and 3: all finetune -> soft-match rounds on the valid tracks."""
     data = TrainingSet.build(inputs.views, inputs.crop_track, len(inputs.valid_index), inputs.cannot_link)
-    return finetune(data, ft_cfg, match_cfg)
+    return finetune(data, ft_cfg, match_cfg, progress=progress)
 
 
 def corrected_status(status: NDArray[np.str_], resolved: Resolved) -> NDArray[np.str_]:

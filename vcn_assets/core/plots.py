@@ -27,7 +27,7 @@ from numpy.typing import ArrayLike, NDArray
 
 SIZE_IN = (4.5, 2.6)
 DPI = 80
-TSNE_MAX_POINTS = 1000  # t-SNE of 1000 points: ~10 s on 2 CPU cores, growing faster than N; PCA: ms
+TSNE_MAX_POINTS = 300  # t-SNE of 1000 points took 7-20 s on 2 loaded cores (too slow for a picture); PCA: ms
 LEGEND_CLUSTERS = 10
 UNKNOWN_COLOUR = "#b0b0b0"
 LOSS_SMOOTHING = 50  # the loss curve's running mean spans 1/50 of the steps (the raw loss is noisy)
@@ -38,7 +38,7 @@ PNG_COLOURS = 128
 def project_2d(x: ArrayLike, seed: int = 0) -> NDArray[np.float64]:
     """(N, D) points -> (N, 2) for display, deterministic for ``seed``.
 
-    t-SNE (perplexity ``min(30, (N - 1) / 3)``, PCA initialisation) for 3 <= N <= 1000: it keeps
+    t-SNE (perplexity ``min(30, (N - 1) / 3)``, PCA initialisation) for 3 <= N <= TSNE_MAX_POINTS: it keeps
     local neighbourhoods, which is what shows whether a cluster is one tight group. For larger N it
     gets too slow for a metadata picture, so PCA (the two main directions of variance) is used
     instead. N < 3 has no structure to show: the points are laid out on a line. Non-finite input
@@ -181,6 +181,32 @@ def _on_screen(n_frames: int, spans: NDArray[np.int64]) -> tuple[NDArray[np.int6
     edges = np.arange(0, n_frames, width)
     peak = np.maximum.reduceat(per_frame, edges)
     return np.r_[edges, n_frames], np.r_[peak, peak[-1]]
+
+
+CAST_ROWS = 12  # clusters shown by the cast timeline (most screen time first)
+
+
+def cast_timeline(fps: float, n_frames: int, rows: Sequence[tuple[str, ArrayLike]]) -> bytes:
+    """Who is on screen when: one row per cluster (``rows`` = (label, spans (K, 2) first/last frame
+    inclusive)), the ``CAST_ROWS`` with the most screen time, top down; x axis in m:ss."""
+    fig, ax = _figure()
+    if n_frames <= 0 or fps <= 0 or not rows:
+        return _no_data(fig, ax)
+    spans = [np.asarray(sp, np.int64).reshape(-1, 2) for _, sp in rows]
+    screen = [int((sp[:, 1] - sp[:, 0] + 1).sum()) for sp in spans]
+    order = sorted(range(len(rows)), key=lambda i: (-screen[i], i))[:CAST_ROWS]
+    colours = colormaps["tab20"]
+    for y, i in enumerate(order):
+        bars = [(a / fps, max(b - a + 1, 1) / fps) for a, b in spans[i]]
+        ax.broken_barh(bars, (y - 0.4, 0.8), facecolors=colours(y % 20))
+    ax.set_yticks(range(len(order)), [rows[i][0][:18] for i in order], fontsize=6)
+    ax.invert_yaxis()
+    ax.set_xlim(0, n_frames / fps)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda s, _: f"{int(s // 60)}:{int(s % 60):02d}"))
+    ax.set_xlabel("time (m:ss)", fontsize=7)
+    shown = f"top {len(order)} of {len(rows)}" if len(rows) > len(order) else f"{len(rows)}"
+    ax.set_title(f"who is on screen when ({shown} clusters)", fontsize=8)
+    return _png(fig)
 
 
 def markdown_image(png: bytes, alt: str) -> str:

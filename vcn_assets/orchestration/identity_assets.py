@@ -26,13 +26,16 @@ from vcn_assets.core.identity import (
     cooccurrence,
     corrected_status,
     final_clusters,
+    track_mean_inputs,
 )
+from vcn_assets.core.plots import cast_timeline, embedding_plot, loss_curve, markdown_image, project_2d
 from vcn_assets.core.soft_match import flatten_views, soft_match
 from vcn_assets.core.tracking import TrackBoxes
-from vcn_assets.orchestration.assets import crops, user_errors
+from vcn_assets.orchestration.assets import crops, user_errors, with_metadata
 from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
 from vcn_assets.orchestration.checks import with_checks
 from vcn_assets.orchestration.partitions import MOVIES
+from vcn_assets.orchestration.progress import step_progress
 from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
 from vcn_assets.store import tables
 
@@ -126,7 +129,7 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
 
     def compute() -> Computed:
         inputs = _inputs(vcn, key).inputs
-        result = adapt(inputs, cfg, MatchConfig())
+        result = adapt(inputs, cfg, MatchConfig(), progress=step_progress(context, "finetune", "steps"))
         path, digest = _save_checkpoint(vcn, key, result, inputs.views.shape[2], cfg)
         frames = _checkpoint_frames(key, path, digest, inputs, result, cfg)
         return Computed(frames, {
@@ -143,7 +146,10 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
         # the rounds soft-match with MatchConfig's defaults: part of what determines the checkpoint
         stage = Stage("finetuned_checkpoint", {"finetune": describe(cfg), "match": describe(MatchConfig())},
                       {}, ("crops",))
-        return materialize_stage(context, vcn, stage, compute, still_valid=file_present)
+        result = materialize_stage(context, vcn, stage, compute, still_valid=file_present)
+        losses = vcn.store().read("finetune_loss", key)
+        png = loss_curve(losses["loss"].to_numpy() if losses.height else [], cfg.steps_per_round)
+        return with_metadata(result, {"loss_curve": dg.MetadataValue.md(markdown_image(png, "finetuning loss"))})
 
 
 @dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[finetuned_checkpoint], code_version=CODE_VERSIONS["soft_matches"])
@@ -194,6 +200,8 @@ def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnReso
         frames["merge_suggestions"] = tables.suggestions_frame(key, final.suggestions)
         sizes = frames["cluster_summary"]["n_tracks"].to_list()
         return Computed(frames, {
+            "cast_timeline": _cast_picture(vcn, key, frames["clusters"]),
+            "embedding_plot": _embedding_picture(ft, m.inputs, final.cluster_of_track, names),
             "contact_sheet": _sheet_markdown(frames["clusters"], crops_df),
             "merge_suggestions": _suggestions_markdown(frames["merge_suggestions"], names),
             "n_clusters": len(sizes), "largest_clusters": sorted(sizes, reverse=True)[:10],
@@ -249,6 +257,26 @@ def _broken_corrections(cluster_of: dict[int, int], m: MovieTracks) -> list[str]
 
 
 SHEET_CLUSTERS = 24  # rows shown in the UI; metadata stays small (a 56 px thumbnail JPEG mosaic)
+
+
+def _embedding_picture(ft, inputs: ClusterInputs, cluster_of_track: np.ndarray, names: dict[int, str]):
+    """Valid tracks' mean student embeddings in 2-D, coloured by cluster (the paper's Fig. 4)."""
+    n = len(inputs.valid_index)
+    emb = student_embeddings(ft.student, track_mean_inputs(inputs.views, inputs.crop_track, n)) if n else np.zeros((0, 2))
+    png = embedding_plot(project_2d(emb), cluster_of_track[inputs.valid_index], names=names)
+    return dg.MetadataValue.md(markdown_image(png, "tracks by cluster"))
+
+
+def _cast_picture(vcn: VcnResource, key: str, assigned: pl.DataFrame) -> dg.MetadataValue:
+    """Who is on screen when: each cluster's tracks along the movie."""
+    store = vcn.store()
+    movie = store.read("movies", key)
+    spans = assigned.filter(pl.col("cluster_id") >= 0).join(
+        store.read("tracks", key).select("track_id", "start_frame", "end_frame"), on="track_id")
+    rows = [(name or f"cluster {c}", g.select("start_frame", "end_frame").to_numpy())
+            for (c, name), g in spans.group_by(["cluster_id", "name"], maintain_order=True)]
+    fps, n_frames = (float(movie["fps"][0]), int(movie["n_frames"][0])) if movie.height else (0.0, 0)
+    return dg.MetadataValue.md(markdown_image(cast_timeline(fps, n_frames, sorted(rows)), "who is on screen when"))
 
 
 def _md_text(name: str) -> str:
