@@ -214,7 +214,7 @@ def test_graphql_lists_assets_with_groups(server: Server) -> None:
     served = {"/".join(n["assetKey"]["path"]): n for n in nodes}
     assert set(served) == ALL_ASSETS
     assert {k: n["groupName"] for k, n in served.items()} == expected
-    assert {n["groupName"] for n in nodes} == {"stage1_frontend", "stage2_4_identity"}
+    assert {n["groupName"] for n in nodes} == {"stage1_faces", "stage2_finetune", "stage3_soft_match", "stage4_clusters"}
     assert all(n["isPartitioned"] for n in nodes)
     assert served["movie_file"]["isObservable"]
     assert {(n["repository"]["name"], n["repository"]["location"]["name"]) for n in nodes} == {

@@ -35,7 +35,7 @@ ShotsRun = config_class(ShotConfig)
 TracksRun = config_class(TrackConfig)
 CropsRun = config_class(CropConfig)
 
-STAGE1 = "stage1_frontend"
+STAGE1 = "stage1_faces"  # asset groups = the method's stages (the UI draws one box per group)
 
 
 @contextmanager

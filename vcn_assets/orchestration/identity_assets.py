@@ -42,7 +42,7 @@ from vcn_assets.store import tables
 FinetuneRun = config_class(FinetuneConfig)
 MatchRun = config_class(MatchConfig)
 ClusterRun = config_class(ClusterConfig)
-IDENTITY = "stage2_4_identity"
+STAGE2, STAGE3, STAGE4 = "stage2_finetune", "stage3_soft_match", "stage4_clusters"
 
 
 class MovieInputs(NamedTuple):
@@ -121,7 +121,7 @@ def _checkpoint_frames(key: str, path: Path, digest: str, inputs: ClusterInputs,
     }
 
 
-@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[crops], code_version=CODE_VERSIONS["finetuned_checkpoint"])
+@dg.asset(partitions_def=MOVIES, group_name=STAGE2, deps=[crops], code_version=CODE_VERSIONS["finetuned_checkpoint"])
 def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun, vcn: VcnResource) -> dg.MaterializeResult:
     """DINO-style student/teacher adaptation to this movie's tracks, alternating with soft matching."""
     key = context.partition_key
@@ -152,7 +152,7 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
         return with_metadata(result, {"loss_curve": dg.MetadataValue.md(markdown_image(png, "finetuning loss"))})
 
 
-@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[finetuned_checkpoint], code_version=CODE_VERSIONS["soft_matches"])
+@dg.asset(partitions_def=MOVIES, group_name=STAGE3, deps=[finetuned_checkpoint], code_version=CODE_VERSIONS["soft_matches"])
 def soft_matches(context: dg.AssetExecutionContext, config: MatchRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Per-track Normals of the finetuned student's embeddings; matched pairs of every round."""
     key = context.partition_key
@@ -179,7 +179,7 @@ def soft_matches(context: dg.AssetExecutionContext, config: MatchRun, vcn: VcnRe
 CLUSTER_CHECKS = ("every_valid_track_in_one_cluster", "no_empty_cluster", "corrections_honoured")
 
 
-@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[soft_matches], code_version=CODE_VERSIONS["clusters"],
+@dg.asset(partitions_def=MOVIES, group_name=STAGE4, deps=[soft_matches], code_version=CODE_VERSIONS["clusters"],
           check_specs=[dg.AssetCheckSpec(c, asset="clusters") for c in CLUSTER_CHECKS])
 def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Stage 4: iterative merging with the learnt metric, honouring the reviewer's corrections
@@ -363,7 +363,7 @@ def score_check(report: dict | None) -> dg.AssetCheckResult:
         description="WCP and PCR on target" if ok else "below target: review the clusters (merge suggestions)")
 
 
-@dg.asset(partitions_def=MOVIES, group_name=IDENTITY, deps=[clusters], code_version=CODE_VERSIONS["evaluation"],
+@dg.asset(partitions_def=MOVIES, group_name=STAGE4, deps=[clusters], code_version=CODE_VERSIONS["evaluation"],
           check_specs=[dg.AssetCheckSpec("ground_truth_scores", asset="evaluation")])
 def evaluation(context: dg.AssetExecutionContext, vcn: VcnResource) -> dg.MaterializeResult:
     """WCP / PCR / NMI / pairwise and B-cubed F of the clusters when ground truth exists beside the movie."""
