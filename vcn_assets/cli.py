@@ -179,6 +179,21 @@ def cmd_bench_lineage(args: argparse.Namespace) -> None:
           f"(chain {r['chain_len']}, history {r['history_len']})")
 
 
+def cmd_bench_length(args: argparse.Namespace) -> None:
+    from vcn_assets.bench.length import length_table, run_length_bench
+
+    print(length_table(run_length_bench(args.minutes, args.backend, args.stages, args.cache, args.json)))
+
+
+def cmd_bench_sensor(args: argparse.Namespace) -> None:
+    from vcn_assets.bench.sensor_bench import run_sensor_bench
+
+    r = run_sensor_bench(args.movies, args.repeat)
+    print(f"{r['movies']} movies: first tick (all new) median {r['first_tick_median_s']:.2f} s, max "
+          f"{r['first_tick_max_s']:.2f} s; steady tick (none new) median {r['steady_tick_median_s']:.2f} s, max "
+          f"{r['steady_tick_max_s']:.2f} s over {r['repeat']} repeats")
+
+
 def cmd_add(args: argparse.Namespace) -> None:
     from vcn_assets.orchestration.partitions import VIDEO_EXTENSIONS, movie_key
     from vcn_assets.orchestration.resources import VcnResource
@@ -316,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--reruns", type=int, default=10)
     bl.add_argument("--repeat", type=int, default=7)
     bl.set_defaults(fn=cmd_bench_lineage)
+    bn = sub.add_parser("bench-length", help="per-stage throughput and peak memory of generated 720p movies by length")
+    bn.add_argument("--minutes", type=int, nargs="+", default=[1, 5, 30])
+    bn.add_argument("--backend", default="auto")
+    bn.add_argument("--stages", choices=["1", "all"], default="1", help="Stage 1 only, or Stages 1-4")
+    bn.add_argument("--cache", type=Path, default=Path("data/bench_length"), metavar="DIR",
+                    help="where the generated movies are kept between runs")
+    bn.add_argument("--json", type=Path, default=None)
+    bn.set_defaults(fn=cmd_bench_length)
+    bs = sub.add_parser("bench-sensor", help="time the new-movies sensor's tick on a folder of many movies")
+    bs.add_argument("--movies", type=int, default=1000)
+    bs.add_argument("--repeat", type=int, default=5)
+    bs.set_defaults(fn=cmd_bench_sensor)
     a = sub.add_parser("add", help="copy a movie into the movies folder and register its partition")
     a.add_argument("path")
     a.set_defaults(fn=cmd_add)

@@ -11,7 +11,7 @@ import pytest
 
 from vcn_assets_tests.test_dagster_graph import TABLES
 
-KEYS = ["m1", "m2", "m3", "m4"]
+KEYS = [f"m{i}" for i in range(1, 9)]  # a backfill of 8 movies
 
 
 def materialize_one(data_dir: str, key: str) -> bool:
@@ -40,8 +40,16 @@ def _counts(data_dir: Path) -> dict[str, dict[str, int]]:
     return {k: {t: store.count(t, k) for t in TABLES} for k in KEYS}
 
 
+def _versions(data_dir: Path) -> dict[str, dict[str, str]]:
+    """Each movie's stored data version per asset (a content hash of the rows)."""
+    from vcn_assets.store.db import Store
+
+    store = Store(data_dir / "vcn.duckdb")
+    return {k: dict(store.read("cache_index", k).select("asset", "data_version").iter_rows()) for k in KEYS}
+
+
 @pytest.mark.slow
-def test_four_concurrent_movies_match_a_sequential_run(tmp_path: Path, blob_movie: Path) -> None:
+def test_eight_concurrent_movies_match_a_sequential_run(tmp_path: Path, blob_movie: Path) -> None:
     dirs = {name: tmp_path / name for name in ("sequential", "concurrent")}
     for d in dirs.values():
         (d / "movies").mkdir(parents=True)
@@ -49,10 +57,11 @@ def test_four_concurrent_movies_match_a_sequential_run(tmp_path: Path, blob_movi
             shutil.copy(blob_movie, d / "movies" / f"{k}.mp4")
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(1, mp_context=spawn) as pool:  # one at a time, each in its own process
-        assert list(pool.map(materialize_one, [str(dirs["sequential"])] * 4, KEYS)) == [True] * 4
-    with ProcessPoolExecutor(4, mp_context=spawn) as pool:
-        ok = list(pool.map(materialize_one, [str(dirs["concurrent"])] * 4, KEYS))
-    assert ok == [True] * 4
+        assert list(pool.map(materialize_one, [str(dirs["sequential"])] * len(KEYS), KEYS)) == [True] * len(KEYS)
+    with ProcessPoolExecutor(len(KEYS), mp_context=spawn) as pool:  # all eight at once on one DuckDB file
+        ok = list(pool.map(materialize_one, [str(dirs["concurrent"])] * len(KEYS), KEYS))
+    assert ok == [True] * len(KEYS)
     sequential = _counts(dirs["sequential"])
     assert sequential == _counts(dirs["concurrent"])
     assert all(c["clusters"] == 4 for c in sequential.values())
+    assert _versions(dirs["sequential"]) == _versions(dirs["concurrent"])  # the same rows, not just as many

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 from pathlib import Path
 
 import av
@@ -129,6 +130,17 @@ def test_sensor_adds_new_movies_as_partitions(instance: dg.DagsterInstance, data
     assert result.dynamic_partitions_requests[0].partition_keys == keys
     instance.add_dynamic_partitions("movies", keys)
     assert new_movies_sensor(ctx).run_requests == []
+
+
+def test_sensor_registers_a_thousand_movies_once() -> None:
+    from vcn_assets.bench.sensor_bench import make_movies, tick
+
+    with tempfile.TemporaryDirectory() as tmp, dg.instance_for_test() as instance:
+        vcn = VcnResource(data_dir=tmp)
+        make_movies(vcn.movies_path, 1000)
+        assert tick(instance, vcn)[1] == 1000
+        assert len(instance.get_dynamic_partitions("movies")) == 1000
+        assert tick(instance, vcn)[1] == 0
 
 
 def _truncated(path: Path, src: Path) -> None:

@@ -23,14 +23,19 @@ vcn_pipeline = dg.define_asset_job(
 )
 
 
+SENSOR_LOG_MOVIES = 20  # new movies named in the sensor's log line
+
+
 @dg.sensor(job=vcn_pipeline, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_movies_sensor(context: dg.SensorEvaluationContext, vcn: VcnResource) -> dg.SensorResult:
     """Adds every new movie file as a partition and requests one run for it."""
     found = discover(vcn.movies_path)
     known = set(context.instance.get_dynamic_partitions(MOVIES.name))
     new = sorted(set(found) - known)
-    for key in new:
-        context.log.info("new movie %s -> partition %s", found[key], key)
+    if new:  # one line per tick, not per movie: a whole catalogue may arrive at once
+        shown = ", ".join(f"{found[k].name} -> {k}" for k in new[:SENSOR_LOG_MOVIES])
+        more = f" and {len(new) - SENSOR_LOG_MOVIES} more" if len(new) > SENSOR_LOG_MOVIES else ""
+        context.log.info("%d new movies: %s%s", len(new), shown, more)
     return dg.SensorResult(
         run_requests=[dg.RunRequest(partition_key=k, run_key=f"new-{k}") for k in new],
         dynamic_partitions_requests=[MOVIES.build_add_request(new)] if new else [],

@@ -124,10 +124,11 @@ def quality_frame(movie_key: str, summary: TrackSummary) -> pl.DataFrame:
 
 
 def data_version(frames: dict[str, pl.DataFrame]) -> str:
-    """A content hash of tables (independent of the movie key, so a renamed movie keeps it)."""
+    """A content hash of tables, independent of the movie key and the file's location (a renamed or
+    moved movie, or a moved data folder, keeps it: the ``movies`` row holds the file's sha256)."""
     h = hashlib.sha256()
     for name in sorted(frames):
-        df = frames[name].drop("movie_key", strict=False)
+        df = frames[name].drop("movie_key", "path", strict=False)
         h.update(name.encode())
         h.update(str(df.schema).encode())
         for col in df.columns:

@@ -1,0 +1,140 @@
+"""``vcn bench-length``: per-stage throughput, real-time factor and peak memory against movie length.
+
+Usage::
+
+    vcn bench-length --minutes 1 5 30 --backend fake --json out.json
+    vcn bench-length --minutes 1 5 --backend dlib --stages all
+
+Each movie is a generated 720p 25 fps sample (faces from photos an installed package ships) of
+one minute, repeated by stream copy to the requested length (so a 30-minute movie costs seconds to
+make, and every minute has the same faces and cuts: cost per minute should stay flat). Each
+length runs in a fresh spawned process, so its peak RSS (``ru_maxrss``) is that run's alone.
+Reported per length: seconds and throughput per stage (frames/s for shots, tracks; crops/s;
+finetuning steps/s and clustering seconds with ``--stages all``), the real-time factor (movie
+seconds / processing seconds) and peak RSS. Frames are streamed: peak memory that does not grow
+with the movie's length (beyond the per-track results kept) is what "bounded" means here.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import resource
+import time
+from pathlib import Path
+
+import av
+
+BASE_SPEC = {"n_shots": 33, "width": 1280, "height": 720, "face_height_px": (100, 240), "faces_per_shot": (1, 3)}
+
+
+def base_movie(cache: Path) -> Path:
+    """The one-minute 720p sample (generated once into ``cache``)."""
+    from vcn_assets.core.samples import SampleSpec, make_sample_case
+
+    movie = cache / "base_720p" / "movie.mp4"
+    if not movie.exists():
+        make_sample_case(movie.parent, SampleSpec(**BASE_SPEC))
+    return movie
+
+
+def repeat_movie(src: Path, dst: Path, times: int) -> Path:
+    """``src`` played ``times`` times in a row, by copying its packets with shifted timestamps."""
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        s_in = inp.streams.video[0]
+        s_out = out.add_stream_from_template(s_in)
+        span = None
+        for k in range(times):
+            inp.seek(0)
+            last = 0
+            for packet in inp.demux(s_in):
+                if packet.dts is None:
+                    continue
+                if span is not None:
+                    packet.pts += k * span
+                    packet.dts += k * span
+                last = max(last, packet.pts + (packet.duration or 0))
+                packet.stream = s_out
+                out.mux(packet)
+            span = span or last
+    return dst
+
+
+def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue) -> None:
+    """In a fresh process: run the stages, put timings, counts and peak RSS on ``out``."""
+    import numpy as np
+
+    from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig, ModelConfig
+    from vcn_assets.core.identity import ClusterInputs, cluster_movie, cooccurrence
+    from vcn_assets.core.pipeline import PipelineConfig, run_stage1
+    from vcn_assets.models.registry import build_models
+
+    cfg = PipelineConfig()
+    models = build_models(ModelConfig(backend=backend), cfg.tracks.min_face_px, cfg.tracks.min_score,
+                          cfg.tracks.detect_max_side)
+    r = run_stage1(Path(movie), cfg, models)
+    report = {"seconds": {k: round(v, 2) for k, v in r.seconds.items()}, "n_frames": r.info.n_frames,
+              "movie_s": r.info.n_frames / r.info.fps, "n_tracks": len(r.tracks.track_id),
+              "n_crops": len(r.crops.track_id), "n_boxes": len(r.boxes.track_id)}
+    if stages == "all":
+        tids = r.tracks.track_id
+        row = {t: i for i, t in enumerate(tids.tolist())}
+        crop_row = [row[t] for t in r.crops.track_id.tolist()]
+        box_row = [row[t] for t in r.boxes.track_id.tolist()]
+        co = cooccurrence(np.asarray(box_row, np.int64), r.boxes.frame_idx, len(tids))
+        inputs = ClusterInputs.from_stage1(r.tracks.status, np.asarray(crop_row, np.int64), r.crops.views, co)
+        t0 = time.perf_counter()
+        ft_cfg = FinetuneConfig()
+        c = cluster_movie(inputs, ft_cfg, MatchConfig(), ClusterConfig())
+        report["seconds"] |= {"finetune_and_match": round(c.seconds["finetune_and_match"], 2),
+                              "cluster": round(c.seconds["cluster"], 2)}
+        report["finetune_steps"] = ft_cfg.rounds * ft_cfg.steps_per_round
+        report["n_clusters"] = int(c.cluster_of_track.max() + 1)
+        report["stage2_4_s"] = round(time.perf_counter() - t0, 2)
+    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    out.put(report)
+
+
+def _rates(r: dict) -> dict:
+    s = r["seconds"]
+    total = sum(v for k, v in s.items() if k != "probe")
+    rates = {"shots_fps": r["n_frames"] / s["shots"], "tracks_fps": r["n_frames"] / s["tracks"],
+             "crops_per_s": r["n_crops"] / s["crops"], "realtime_factor": r["movie_s"] / total,
+             "stage1_realtime_factor": r["movie_s"] / (s["shots"] + s["tracks"] + s["crops"])}
+    if "finetune_and_match" in s:
+        rates["finetune_steps_per_s"] = r["finetune_steps"] / s["finetune_and_match"]
+    return {k: round(v, 2) for k, v in rates.items()}
+
+
+def run_length_bench(minutes: list[int], backend: str, stages: str, cache: Path, json_out: Path | None) -> list[dict]:
+    cache.mkdir(parents=True, exist_ok=True)
+    base = base_movie(cache)
+    ctx = multiprocessing.get_context("spawn")
+    results = []
+    for m in minutes:
+        movie = cache / f"movie_{m}min.mp4"
+        if not movie.exists():
+            repeat_movie(base, movie, m)
+        q = ctx.Queue()
+        p = ctx.Process(target=_measure, args=(str(movie), backend, stages, q))
+        p.start()
+        report = q.get()
+        p.join()
+        report = {"minutes": m, "backend": backend, **report}
+        report["rates"] = _rates(report)
+        results.append(report)
+        if json_out:
+            json_out.write_text(json.dumps(results, indent=2))
+    return results
+
+
+def length_table(results: list[dict]) -> str:
+    head = "| minutes | frames | tracks | crops | shots fps | tracks fps | crops/s | steps/s | realtime x | stage 1 x | peak RSS MB |"
+    lines = [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in results:
+        q = r["rates"]
+        lines.append(f"| {r['minutes']} | {r['n_frames']} | {r['n_tracks']} | {r['n_crops']} | {q['shots_fps']} | "
+                     f"{q['tracks_fps']} | {q['crops_per_s']} | {q.get('finetune_steps_per_s', '-')} | "
+                     f"{q['realtime_factor']} | {q['stage1_realtime_factor']} | {r['peak_rss_mb']} |")
+    return "\n".join(lines)
+
