@@ -116,8 +116,9 @@ def extract_crops(
     """
     rows = size_filter(boxes, sample_rows(boxes, cfg), cfg)
     kept: list[NDArray[np.int64]] = []
-    shown: list[NDArray[np.uint8]] = []
+    shown: list[bytes] = []  # JPEG at once: raw 112x112 crops would cost 37 kB each until the end
     sharp: list[NDArray[np.float32]] = []
+    params = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality]
     batch: list[NDArray[np.uint8]] = []
     results: list[tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]] = []
     rng = np.random.default_rng(cfg.seed)
@@ -128,7 +129,7 @@ def extract_crops(
         s = sharpness(disp)
         ok = s >= cfg.min_sharpness
         kept.append(frame_rows[ok])
-        shown.append(disp[ok])
+        shown += [cv2.imencode(".jpg", im, params)[1].tobytes() for im in disp[ok]]
         sharp.append(s[ok])
         batch.append(align_faces(frame_bgr, boxes.kps[frame_rows[ok]], models.embedder.alignment))
         if sum(len(b) for b in batch) >= 64:
@@ -155,19 +156,16 @@ def _embed(
 def _assemble(
     boxes: TrackBoxes,
     kept: list[NDArray[np.int64]],
-    shown: list[NDArray[np.uint8]],
+    jpeg: list[bytes],
     sharp: list[NDArray[np.float32]],
     results: list[tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]],
     dim: int,
     cfg: CropConfig,
 ) -> Crops:
     rows = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-    images = np.concatenate(shown) if shown else np.zeros((0, 112, 112, 3), np.uint8)
     emb = np.concatenate([r[0] for r in results]) if results else np.zeros((0, dim), np.float32)
     qual = np.concatenate([r[1] for r in results]) if results else np.zeros(0, np.float32)
     views = np.concatenate([r[2] for r in results]) if results else np.zeros((0, cfg.quality_samples, dim), np.float32)
-    params = [int(cv2.IMWRITE_JPEG_QUALITY), cfg.jpeg_quality]
-    jpeg = [cv2.imencode(".jpg", im, params)[1].tobytes() for im in images]
     order = np.lexsort((boxes.frame_idx[rows], boxes.track_id[rows]))
     return Crops(
         track_id=boxes.track_id[rows][order],
