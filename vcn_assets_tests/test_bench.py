@@ -166,7 +166,9 @@ def test_bench_json_shape(bench: Bench) -> None:
     assert r["realtime_factor"] == pytest.approx(r["video_seconds"] / sum(r["stage_seconds"].values()))
     assert r["gt_unknown_policy"] == "own identity"
     assert list(r["methods"]) == list(METHOD_NAMES)
-    assert all(set(m) == METHOD_KEYS for m in r["methods"].values())
+    assert all(set(m) - {"merge_suggestions"} == METHOD_KEYS for m in r["methods"].values())
+    assert set(r["methods"]["vcn"]["merge_suggestions"]) == {"split_clusters", "rank1_same_identity",
+                                                             "top_k_same_identity"}
 
 
 def test_bench_exact_values_on_the_clean_case(bench: Bench) -> None:
@@ -245,3 +247,17 @@ def test_bench_scale_reports_time_and_memory(tmp_path: Path) -> None:
     assert r["n_tracks"] == 40 and r["n_crops"] == 120 and r["peak_rss_mb"] > 0 and r["seconds"] > 0
     assert 1 <= r["n_clusters"] <= 40
     assert json.loads(out.read_text())["scale"][0]["n_tracks"] == 40
+
+
+def test_suggestion_report_counts_split_identities_repaired_by_suggestions() -> None:
+    from vcn_assets.bench.clustering_eval import suggestion_report
+    from vcn_assets.core.clustering import MergeSuggestions
+
+    identity = ["a", "a", "a", "b", None, "c"]
+    status = ["valid", "valid", "valid", "valid", "valid", "unknown"]
+    labels = np.array([0, 1, 2, 3, 3])  # "a" split into clusters 0, 1, 2; "b" whole
+    i = np.array
+    hints = MergeSuggestions(i([0, 0, 1, 1, 2, 2, 3]), i([1, 2, 1, 2, 1, 2, 1]), i([1, 3, 3, 0, 3, 3, 0]),
+                             np.zeros(7), np.zeros(7))
+    assert suggestion_report(identity, status, labels, hints) == {
+        "split_clusters": 3, "rank1_same_identity": 1, "top_k_same_identity": 2}

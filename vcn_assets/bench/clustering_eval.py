@@ -41,6 +41,7 @@ from numpy.typing import NDArray
 
 from vcn_assets.bench.frontend_metrics import Case, match_boxes, track_identities
 from vcn_assets.core.baselines import ahc, chinese_whispers, finch_first_partition, hdbscan_labels
+from vcn_assets.core.clustering import MergeSuggestions
 from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig
 from vcn_assets.core.crops import VALID
 from vcn_assets.core.identity import ClusterInputs, cluster_movie, cooccurrence
@@ -76,6 +77,7 @@ class MethodRun:
 
     labels: NDArray[np.int64]
     seconds: dict[str, float]
+    suggestions: MergeSuggestions | None = None  # vcn's Stage 4 merge suggestions
 
 
 # ---------------------------------------------------------------- inputs
@@ -139,7 +141,7 @@ def track_identity(case: Case, result: Stage1Result, iou_min: float = 0.5) -> ND
 def _vcn(data: ClusterData, cfgs: MethodConfigs, rounds: int | None) -> MethodRun:
     ft = cfgs.finetune if rounds is None else dataclasses.replace(cfgs.finetune, rounds=rounds)
     out = cluster_movie(data.inputs, ft, cfgs.match, cfgs.cluster)
-    return MethodRun(out.cluster_of_track[data.inputs.valid_index], dict(out.seconds))
+    return MethodRun(out.cluster_of_track[data.inputs.valid_index], dict(out.seconds), out.suggestions)
 
 
 Baseline = Callable[[ClusterData], NDArray[np.int64]]
@@ -213,6 +215,25 @@ def evaluate(
     return out
 
 
+def suggestion_report(identity: Sequence[str | None], status: Sequence[str], labels: NDArray[np.integer],
+                      hints: MergeSuggestions) -> dict[str, int]:
+    """How well the merge suggestions repair an over-split: among clusters whose majority identity
+    (of their matched valid tracks) is also another cluster's, how many have a cluster of the same
+    identity as their rank-1 suggestion, and among their top suggestions."""
+    ident, stat = _check_tracks(identity, status)
+    valid_ident = ident[stat == VALID]
+    majority: dict[int, str] = {}
+    for c in np.unique(labels).tolist():
+        ids = [i for i in valid_ident[labels == c] if i is not None]
+        if ids:
+            majority[c] = max(sorted(set(ids)), key=ids.count)
+    split = [c for c, i in majority.items() if sum(1 for d, j in majority.items() if j == i and d != c)]
+    same = lambda c, o: majority.get(int(o)) == majority[c]
+    rank1 = sum(1 for c in split if any(same(c, o) for o in hints.other[(hints.cluster == c) & (hints.rank == 1)]))
+    top = sum(1 for c in split if any(same(c, o) for o in hints.other[hints.cluster == c]))
+    return {"split_clusters": len(split), "rank1_same_identity": rank1, "top_k_same_identity": top}
+
+
 def evaluate_case(
     case: Case, result: Stage1Result, methods: Sequence[str], cfgs: MethodConfigs
 ) -> dict[str, Any]:
@@ -231,6 +252,8 @@ def evaluate_case(
         run = run_method(name, data, cfgs)
         seconds = round(sum(run.seconds.values()), 3)
         scores[name] = {**evaluate(identity, status, run.labels), "seconds": seconds}
+        if run.suggestions is not None:
+            scores[name]["merge_suggestions"] = suggestion_report(identity, status, run.labels, run.suggestions)
         if name == "vcn":
             stage_seconds = {k: round(v, 3) for k, v in run.seconds.items()}
     return {"gt_unknown_policy": GT_UNKNOWN_POLICY, **track_counts(identity, status),

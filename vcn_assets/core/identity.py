@@ -83,6 +83,7 @@ class ClusterOutput:
     finetune: FinetuneResult
     n_iterations: int
     seconds: dict[str, float]
+    suggestions: MergeSuggestions
 
 
 def metric_terms(ft: FinetuneResult, x: NDArray[np.float32]) -> MetricTerms:
@@ -165,4 +166,4 @@ def cluster_movie(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: Matc
     t1 = time.perf_counter()
     final = final_clusters(inputs, ft, cl_cfg)
     seconds = {"finetune_and_match": t1 - t0, "cluster": time.perf_counter() - t1}
-    return ClusterOutput(final.cluster_of_track, ft, final.n_iterations, seconds)
+    return ClusterOutput(final.cluster_of_track, ft, final.n_iterations, seconds, final.suggestions)
