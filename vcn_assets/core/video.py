@@ -70,7 +70,7 @@ def _open(path: Path):
     try:
         container = av.open(str(path), metadata_errors="ignore")
     except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        raise VideoError(path, f"not a readable video file ({type(exc).__name__}: {exc})") from exc
+        raise VideoError(path, f"not a readable video file ({_reason(exc)})") from exc
     movies = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
     if not movies or movies[0].codec_context is None:
         container.close()
@@ -78,6 +78,11 @@ def _open(path: Path):
             raise VideoError(path, "contains no video stream (audio-only or data file)")
         raise VideoError(path, "its video stream's codec is unknown or not decodable by this FFmpeg")
     return container, movies[0]
+
+
+def _reason(exc: Exception) -> str:
+    """FFmpeg's words for an error, without the errno and the file name PyAV adds."""
+    return getattr(exc, "strerror", None) or f"{type(exc).__name__}: {exc}"
 
 
 def _rotation(frame) -> int:
@@ -116,7 +121,7 @@ def _scan(path: Path, container, stream) -> tuple[int, int]:
         if degrees is None and n:
             degrees = next((_rotation(f) for f in stream.decode(None)), None)
     except av.error.FFmpegError as exc:
-        raise VideoError(path, f"unreadable after {n} frame(s) ({exc})") from exc
+        raise VideoError(path, f"unreadable after {n} frame(s) ({_reason(exc)})") from exc
     if n and degrees is None:
         raise VideoError(path, f"none of its {n} video packets decodes to a picture")
     return n, degrees or 0
@@ -165,7 +170,7 @@ def iter_frames(
                     yield idx, _to_bgr(frame, width)
                 idx += 1
     except av.error.FFmpegError as exc:
-        raise VideoError(path, f"decoding failed at frame {idx} ({exc})") from exc
+        raise VideoError(path, f"decoding failed at frame {idx} ({_reason(exc)})") from exc
 
 
 def _scaled_size(w: int, h: int, width: int | None) -> tuple[int, int] | None:
