@@ -110,6 +110,12 @@ def _phone(path: Path) -> None:
         out.mux(stream.encode())
 
 
+def _unknown_codec(path: Path, src: Path) -> None:
+    """A good clip whose H.264 sample entry names a codec FFmpeg does not know (found by the fuzzer:
+    such a stream has no codec context, and probing it raised AttributeError)."""
+    path.write_bytes(src.read_bytes().replace(b"avc1", b"zzz9"))
+
+
 def _random_bytes(path: Path) -> None:
     path.write_bytes(np.random.default_rng(7).bytes(64_000))
 
@@ -133,6 +139,7 @@ CASES = [
     Case("audio_aac.mp4", lambda p, src: _audio_only(p), "contains no video stream"),
     Case("music_cover.mp4", lambda p, src: _mp3_with_cover(p), "contains no video stream"),
     Case("oneframe.mp4", lambda p, src: blob_clip(p, [[0]], shot_len=1), "has 1 frame(s); at least 2"),
+    Case("odd_codec.mp4", _unknown_codec, "its video stream's codec is unknown or not decodable"),
     Case("vanished.mp4", lambda p, src: shutil.copy(src, p), "no matching file in"),
     Case("vfr.mp4", lambda p, src: _vfr(p), None),
     Case("uhd.mp4", lambda p, src: _uhd(p), None),
@@ -145,8 +152,10 @@ CASES = [
 
 
 def _rows(data_dir: Path, key: str) -> dict[str, int]:
-    store = Store(data_dir / "vcn.duckdb")
-    return {t: store.count(t, key) for t in RESULT_TABLES}
+    """The movie's row count in every result table (one connection: the store creates them all)."""
+    with Store(data_dir / "vcn.duckdb").connect(read_only=True) as con:
+        return {t: con.execute(f"SELECT count(*) FROM {t} WHERE movie_key = ?", [key]).fetchone()[0]
+                for t in RESULT_TABLES}
 
 
 def _versions(result: dg.ExecuteInProcessResult) -> dict[str, str]:
