@@ -102,6 +102,12 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
+def checkpoint_digest(path: Path) -> str:
+    """The content hash of the checkpoint file at ``path``: what :func:`save_checkpoint` returned when
+    it wrote these weights (CheckpointError when the file is missing or unreadable)."""
+    return content_digest(*_read(path))
+
+
 def load_checkpoint(path: Path, in_dim: int) -> FinetuneResult:
     """Rebuild the networks, centre and round matches; errors name the file and the mismatch."""
     tensors, meta = _read(path)

@@ -108,6 +108,10 @@ class StoreError(RuntimeError):
     """The store cannot be opened or written; the message names the file and what to do."""
 
 
+class StoreDamaged(StoreError):
+    """The store file is damaged (truncated, overwritten, failing checksums) or not a DuckDB file."""
+
+
 # What DuckDB says about a file that is damaged (truncated, overwritten, bad checksums) or not its own.
 _DAMAGED = ("not a valid DuckDB database file", "Could not read enough bytes", "Corrupt database file")
 
@@ -122,7 +126,7 @@ def actionable(path: Path, exc: BaseException) -> StoreError | None:
         return StoreError(f"{path}: the disk is full ({_one_line(exc)}); the write was rolled back, "
                           f"free space on the disk holding {path.parent} and re-run")
     if isinstance(exc, duckdb.Error) and any(s in str(exc) for s in _DAMAGED):
-        return StoreError(f"{path}: the DuckDB store is damaged ({_one_line(exc)}); run `vcn doctor --repair` "
+        return StoreDamaged(f"{path}: the DuckDB store is damaged ({_one_line(exc)}); run `vcn doctor --repair` "
                           "to move it aside, then re-materialise the movies")
     return None
 
