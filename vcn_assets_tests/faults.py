@@ -145,10 +145,11 @@ class _Connection:
         return self._con.execute(sql, *args)
 
 
-def patch_store(before, target: str | None = None) -> None:
-    """Route every Store connection through ``before(sql)``; while ``target``'s write is in flight,
-    ``before`` sees ``armed = True`` (its frames are cut to one row and its cache entry marked
-    IN_FLIGHT, so a write that landed would be told apart from the previous rows)."""
+def patch_store(before, target: str | None = None, patch=setattr) -> None:
+    """Route every Store connection through ``before(sql, armed)``; while ``target``'s write is in
+    flight, ``armed`` is True (its frames are cut to one row and its cache entry marked IN_FLIGHT, so
+    a write that landed would be told apart from the previous rows). ``patch``: ``setattr``, or
+    ``monkeypatch.setattr`` in this process."""
     state = {"armed": False}
     connect, replace = Store.connect, Store.replace
 
@@ -166,7 +167,8 @@ def patch_store(before, target: str | None = None) -> None:
         finally:
             state["armed"] = False
 
-    Store.connect, Store.replace = proxied, replace_marked
+    patch(Store, "connect", proxied)
+    patch(Store, "replace", replace_marked)
 
 
 def hang(marker: Path) -> None:

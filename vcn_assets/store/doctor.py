@@ -14,7 +14,8 @@ What is checked (each check reads; nothing is written unless ``repair``):
   ``Store.ensure_schema`` adds them, as every write does);
 - per movie, the tables of every ``cache_index`` entry hold the rows that the materialisation
   which wrote it recorded in ``lineage.row_counts``;
-- every checkpoint in ``checkpoints`` exists and holds the weights whose content hash was recorded;
+- the checkpoint of every cached ``finetuned_checkpoint`` exists and holds the weights whose content
+  hash was recorded;
 - no checkpoint is left half-written (``data/checkpoints/<movie>.pending.safetensors*``);
 - the Dagster instance under DAGSTER_HOME reads its runs, partitions and materialisations.
 
@@ -62,15 +63,18 @@ def diagnose(data_dir: Path, dagster_home: Path | None) -> list[Finding]:
     return check_store(store) + check_pending(data_dir / "checkpoints") + check_dagster(dagster_home)
 
 
+REPAIR_ROUNDS = 3  # a repair can reveal the next problem (an added table is empty: its cache entry goes)
+
+
 def doctor(data_dir: Path, dagster_home: Path | None, repair: bool = False) -> tuple[list[str], bool]:
-    """The lines to print and whether all is well. With ``repair``: each safe repair's line, then the
-    problems a re-check still finds (healthy when there are none)."""
-    findings = diagnose(data_dir, dagster_home)
-    if repair and any(f.repair for f in findings):
-        lines = [f"repaired: {f.repair()}" for f in findings if f.repair]
+    """The lines to print and whether all is well. With ``repair``: each safe repair's line (repeating
+    check and repair while a check finds something safe to repair), then the problems left."""
+    findings, lines = diagnose(data_dir, dagster_home), []
+    for _ in range(REPAIR_ROUNDS if repair else 0):
+        if not any(f.repair for f in findings):
+            break
+        lines += [f"repaired: {f.repair()}" for f in findings if f.repair]
         findings = diagnose(data_dir, dagster_home)
-    else:
-        lines = []
     lines += [f.line() for f in findings]
     if not findings:
         lines.append(f"healthy: {data_dir / 'vcn.duckdb'}, {data_dir / 'checkpoints'}, "
@@ -94,7 +98,7 @@ def check_store(store: Store) -> list[Finding]:
             findings = [_schema_finding(store, gaps)] if gaps else []
             if {"cache_index", "lineage"} <= set(present):
                 findings += _cache_findings(store, con, present)
-            if "checkpoints" in present:
+            if {"checkpoints", "cache_index"} <= set(present):
                 findings += _checkpoint_findings(store, con)
             return findings
     except StoreDamaged as exc:
@@ -150,8 +154,8 @@ def _cache_findings(store: Store, con: duckdb.DuckDBPyConnection, present: list[
     findings = []
     for key, asset, row_counts in entries:
         written = json.loads(row_counts) if row_counts else {}  # no lineage: nothing to compare with
-        wrong = [f"{t} holds {counts.get(t, {}).get(key, 0)} rows, {n} written" for t, n in written.items()
-                 if t in SCHEMA and counts.get(t, {}).get(key, 0) != n]
+        wrong = [f"{t} holds {counts[t].get(key, 0)} rows, {n} written" for t, n in written.items()
+                 if t in counts and counts[t].get(key, 0) != n]  # a missing table is the schema finding
         if wrong:
             findings.append(Finding(f"movie {key!r}: `{asset}` is cached but {'; '.join(wrong)}", FIX_RERUN,
                                     _drop(store, key, asset)))
@@ -159,11 +163,14 @@ def _cache_findings(store: Store, con: duckdb.DuckDBPyConnection, present: list[
 
 
 def _checkpoint_findings(store: Store, con: duckdb.DuckDBPyConnection) -> list[Finding]:
-    """Recorded checkpoints that are missing, unreadable, or hold other weights than recorded."""
+    """Checkpoints of cached ``finetuned_checkpoint`` results that are missing, unreadable, or hold other
+    weights than recorded (without a cache entry the next run rewrites the row anyway)."""
     from vcn_assets.core.checkpoint import CheckpointError, checkpoint_digest  # torch: only when needed
 
     findings = []
-    for key, path, sha in con.execute("SELECT movie_key, path, sha256 FROM checkpoints ORDER BY movie_key").fetchall():
+    rows = con.execute("""SELECT k.movie_key, k.path, k.sha256 FROM checkpoints k JOIN cache_index c
+        ON c.movie_key = k.movie_key AND c.asset = 'finetuned_checkpoint' ORDER BY k.movie_key""").fetchall()
+    for key, path, sha in rows:
         file = Path(path)
         try:
             digest = checkpoint_digest(file)
@@ -206,9 +213,9 @@ def check_dagster(home: Path | None) -> list[Finding]:
             instance.get_runs(limit=1)
             instance.get_dynamic_partitions("movies")
             instance.fetch_materializations(dg.AssetKey("clusters"), limit=1)
-    except Exception as exc:  # config, YAML, SQLAlchemy and storage errors all mean "unreadable" here
+    except Exception as exc:  # noqa: BLE001  YAML, config, SQLAlchemy, storage errors: all are the finding
         reason = " ".join(str(exc).split())[:300]
-        return [Finding(f"Dagster instance at {home}: its storage is unreadable ({type(exc).__name__}: {reason})",
+        return [Finding(f"Dagster instance at {home} cannot be read ({type(exc).__name__}: {reason})",
                         f"check {home / 'dagster.yaml'}; if the run storage it names (storage.sqlite.base_dir) "
                         "is damaged, move that folder aside: run history is lost, results in DuckDB are kept")]
     return []
