@@ -145,11 +145,11 @@ class _Connection:
         return self._con.execute(sql, *args)
 
 
-def patch_store(before, target: str | None = None, patch=setattr) -> None:
-    """Route every Store connection through ``before(sql, armed)``; while ``target``'s write is in
-    flight, ``armed`` is True (its frames are cut to one row and its cache entry marked IN_FLIGHT, so
-    a write that landed would be told apart from the previous rows). ``patch``: ``setattr``, or
-    ``monkeypatch.setattr`` in this process."""
+def patch_store(before, target: str, patch=setattr, mark: bool = False) -> None:
+    """Route every Store connection through ``before(sql, armed)``, ``armed`` being True while
+    ``target``'s write is in flight. ``mark``: cut that write's frames to one row and mark its cache
+    entry IN_FLIGHT, so a write that landed would be told apart from the previous rows. ``patch``:
+    ``setattr`` (a child process), or ``monkeypatch.setattr``."""
     state = {"armed": False}
     connect, replace = Store.connect, Store.replace
 
@@ -160,8 +160,10 @@ def patch_store(before, target: str | None = None, patch=setattr) -> None:
 
     def replace_marked(self: Store, movie_key: str, frames: dict, cache_entry=None) -> None:
         if cache_entry is not None and cache_entry[0] == target:
-            frames = {t: df.head(1) for t, df in frames.items()}
-            cache_entry, state["armed"] = (target, IN_FLIGHT, IN_FLIGHT), True
+            state["armed"] = True
+            if mark:
+                frames = {t: df.head(1) for t, df in frames.items()}
+                cache_entry = (target, IN_FLIGHT, IN_FLIGHT)
         try:
             replace(self, movie_key, frames, cache_entry)
         finally:
@@ -179,7 +181,7 @@ def hang(marker: Path) -> None:
 
 def hang_at_commit(target: str, marker: Path) -> None:
     """Stop right before COMMIT of ``target``'s write."""
-    patch_store(lambda sql, armed: hang(marker) if armed and sql == "COMMIT" else None, target)
+    patch_store(lambda sql, armed: hang(marker) if armed and sql == "COMMIT" else None, target, mark=True)
 
 
 def hang_in_checkpoint_write(marker: Path) -> None:
