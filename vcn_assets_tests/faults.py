@@ -88,8 +88,9 @@ def store_of(data_dir: Path) -> Store:
 
 
 def materialize(data_dir: Path, movies: Path, key: str, select: list[str] | None = None, force: bool = False,
-                ) -> dg.ExecuteInProcessResult:
-    """The pipeline (or ``select``) for one movie with the fake backend on an ephemeral instance."""
+                backend: str = "fake", **resource: str) -> dg.ExecuteInProcessResult:
+    """The pipeline (or ``select``) for one movie on an ephemeral instance; ``resource``: more
+    VcnResource settings."""
     from vcn_assets.definitions import ALL_ASSETS
     from vcn_assets.orchestration.automation import PIPELINE_ASSETS
     from vcn_assets.orchestration.resources import VcnResource
@@ -101,7 +102,8 @@ def materialize(data_dir: Path, movies: Path, key: str, select: list[str] | None
     return dg.materialize(
         ALL_ASSETS, selection=select, partition_key=key, instance=instance, run_config={"ops": ops},
         raise_on_error=False,
-        resources={"vcn": VcnResource(data_dir=str(data_dir), movies_dir=str(movies), backend="fake", force=force)},
+        resources={"vcn": VcnResource(data_dir=str(data_dir), movies_dir=str(movies), backend=backend, force=force,
+                                      **resource)},
     )
 
 
