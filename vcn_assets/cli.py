@@ -8,6 +8,7 @@ Usage::
     vcn correct KEY --name 3 Sheldon --merge 3 7 [--apply]   # corrections every re-run honours
     vcn export KEY --out DIR      # CSV / JSON / offline HTML review page
     vcn export KEY... --out DIR   # clusters.csv, clusters.json, thumbs/ and index.html per movie
+    vcn doctor [--repair]         # check the store, checkpoints and Dagster instance; safe repairs
 """
 
 from __future__ import annotations
@@ -285,6 +286,17 @@ def cmd_export(args: argparse.Namespace) -> None:
             print(f"{thumbs[0].parent}/ ({len(thumbs)} thumbnails)")
 
 
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from vcn_assets.store.db import default_data_dir
+    from vcn_assets.store.doctor import doctor
+
+    home = os.environ.get("DAGSTER_HOME") or (str(Path.cwd()) if Path("dagster.yaml").is_file() else None)
+    lines, healthy = doctor(Path(default_data_dir()).expanduser().resolve(), Path(home) if home else None,
+                            repair=args.repair)
+    print("\n".join(lines))
+    raise SystemExit(0 if healthy else 1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vcn", description="VideoClusterNet face-track clustering (Dagster project)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -372,6 +384,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--store", type=Path, default=None, metavar="PATH",
                    help="DuckDB file (default: $VCN_DATA_DIR/vcn.duckdb)")
     e.set_defaults(fn=cmd_export)
+    dr = sub.add_parser("doctor", help="check the store, checkpoints and Dagster instance (exit 1 on problems)")
+    dr.add_argument("--repair", action="store_true", help="do the safe repairs (move a damaged store aside, "
+                    "delete pending checkpoints, drop cache entries whose rows or checkpoint are missing)")
+    dr.set_defaults(fn=cmd_doctor)
     return p
 
 
@@ -380,7 +396,14 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    args.fn(args)
+    try:
+        args.fn(args)
+    except RuntimeError as exc:
+        from vcn_assets.store.db import StoreError
+
+        if not isinstance(exc, StoreError):
+            raise
+        raise SystemExit(f"vcn {args.cmd}: {exc}") from None  # one line naming the file and what to do
 
 
 if __name__ == "__main__":

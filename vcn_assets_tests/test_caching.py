@@ -107,15 +107,17 @@ def test_schedule_requests_missing_and_unsynced_movies(instance: dg.DagsterInsta
     _run(instance, data_dir)  # ep1 up to date, ep2 never materialised
     from datetime import datetime
 
-    ctx = dg.build_schedule_context(instance=instance, resources={"vcn": VcnResource(data_dir=str(data_dir))},
-                                    scheduled_execution_time=datetime(2026, 11, 28, 3, 0))
-    assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep2"]
-    Corrections().add_not_face(TrackRef(1)).save(data_dir / "corrections" / "ep1.json")  # a reviewer's edit
-    assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep1", "ep2"]
-    (data_dir / "corrections" / "ep1.json").unlink()
-    assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep2"]
-    blob_clip(data_dir / "movies" / "ep1.mp4", [[1], [0]])  # the movie file changes
-    assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep1", "ep2"]
+    # `with`: the context enters a DagsterInstance of its own; left to the garbage collector, its exit
+    # would reset Dagster's current defs-state storage in the middle of a later test
+    with dg.build_schedule_context(instance=instance, resources={"vcn": VcnResource(data_dir=str(data_dir))},
+                                   scheduled_execution_time=datetime(2026, 11, 28, 3, 0)) as ctx:
+        assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep2"]
+        Corrections().add_not_face(TrackRef(1)).save(data_dir / "corrections" / "ep1.json")  # a reviewer's edit
+        assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep1", "ep2"]
+        (data_dir / "corrections" / "ep1.json").unlink()
+        assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep2"]
+        blob_clip(data_dir / "movies" / "ep1.mp4", [[1], [0]])  # the movie file changes
+        assert [r.partition_key for r in refresh_schedule(ctx)] == ["ep1", "ep2"]
 
 
 def test_lineage_bench_store_answers() -> None:

@@ -123,13 +123,13 @@ def test_movie_file_observation_versions_by_content(instance: dg.DagsterInstance
 def test_sensor_adds_new_movies_as_partitions(instance: dg.DagsterInstance, data_dir: Path, blob_movie: Path) -> None:
     for name in ["ep1.mp4", "Épisode 2, 'final'.mp4", "readme.txt"]:
         shutil.copy(blob_movie, data_dir / "movies" / name)
-    ctx = dg.build_sensor_context(instance=instance, resources={"vcn": VcnResource(data_dir=str(data_dir))})
-    result = new_movies_sensor(ctx)
-    keys = sorted(["ep1", movie_key("Épisode 2, 'final'.mp4")])
-    assert [r.partition_key for r in result.run_requests] == keys
-    assert result.dynamic_partitions_requests[0].partition_keys == keys
-    instance.add_dynamic_partitions("movies", keys)
-    assert new_movies_sensor(ctx).run_requests == []
+    with dg.build_sensor_context(instance=instance, resources={"vcn": VcnResource(data_dir=str(data_dir))}) as ctx:
+        result = new_movies_sensor(ctx)
+        keys = sorted(["ep1", movie_key("Épisode 2, 'final'.mp4")])
+        assert [r.partition_key for r in result.run_requests] == keys
+        assert result.dynamic_partitions_requests[0].partition_keys == keys
+        instance.add_dynamic_partitions("movies", keys)
+        assert new_movies_sensor(ctx).run_requests == []
 
 
 def test_sensor_registers_a_thousand_movies_once() -> None:

@@ -7,7 +7,8 @@ Usage::
 
 The file holds the student, the teacher, the loss centre, every round's soft matches, and as
 metadata the config, loss curve and round statistics. It is written to a temporary file and
-renamed, so a reader never sees half a checkpoint.
+renamed, so a reader never sees half a checkpoint; a failed write removes the temporary file, and a
+full disk is a :class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 
 from vcn_assets.core.adaptation import AdaptNet, DINOLoss
 from vcn_assets.core.config import FinetuneConfig
+from vcn_assets.core.files import is_disk_full
 from vcn_assets.core.finetune import FinetuneResult
 from vcn_assets.core.soft_match import SoftMatches
 
@@ -60,12 +62,28 @@ def save_checkpoint(path: Path, result: FinetuneResult, in_dim: int, cfg: Finetu
 
     meta = {"format": FORMAT, "in_dim": str(in_dim), "config": json.dumps(asdict(cfg)),
             "rounds": json.dumps(result.rounds), "losses": json.dumps([round(x, 5) for x in result.losses])}
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tensors = _tensors(result)
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except Exception as exc:  # safetensors reports I/O failures as its own error type
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(exc):
+            raise CheckpointError(f"{path}: the disk is full, the checkpoint was not written ({exc}); "
+                                  f"free space on the disk holding {path.parent} and re-run") from exc
+        raise
     return content_digest(tensors, meta)
+
+
+def discard_partial(path: Path) -> list[Path]:
+    """Delete what an interrupted :func:`save_checkpoint` to ``path`` may have left (``path`` and its
+    temporary file); returns the files deleted."""
+    gone = [p for p in (path, path.with_name(path.name + ".tmp")) if p.is_file()]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -82,6 +100,12 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
     return tensors, meta
+
+
+def checkpoint_digest(path: Path) -> str:
+    """The content hash of the checkpoint file at ``path``: what :func:`save_checkpoint` returned when
+    it wrote these weights (CheckpointError when the file is missing or unreadable)."""
+    return content_digest(*_read(path))
 
 
 def load_checkpoint(path: Path, in_dim: int) -> FinetuneResult:

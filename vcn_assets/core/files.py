@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from pathlib import Path
 
@@ -13,3 +14,9 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` reports a full disk: an ``OSError`` with ``ENOSPC``, or a library error (DuckDB,
+    safetensors) that carries the operating system's "No space left on device" in its message."""
+    return getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc)

@@ -22,6 +22,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 
+class ModelFileError(ValueError):
+    """A face-model file is there but is not the model expected (damaged, truncated, another model);
+    the message names the file and how to restore it. A missing file is a ``FileNotFoundError``."""
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """The first line of ``exc``'s message, shortened: a loader's own message, for one-line errors."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class Detections:
     """Faces found in one frame: ``xyxy`` (N, 4), ``score`` (N,), ``kps`` (N, 5, 2), float32."""

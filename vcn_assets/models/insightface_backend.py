@@ -33,7 +33,14 @@ import numpy as np
 from numpy.typing import NDArray
 
 from vcn_assets.core.files import file_sha256
-from vcn_assets.models.base import ARCFACE_ALIGNMENT, AlignmentSpec, Detections, FaceModels
+from vcn_assets.models.base import (
+    ARCFACE_ALIGNMENT,
+    AlignmentSpec,
+    Detections,
+    FaceModels,
+    ModelFileError,
+    short_reason,
+)
 
 if TYPE_CHECKING:
     import onnx
@@ -159,11 +166,11 @@ def _pick_file(pack: Path, name: str | None, patterns: Sequence[str], role: str,
     if not matches:
         present = sorted(p.name for p in pack.glob("*.onnx"))
         raise FileNotFoundError(
-            f"no {role} in {pack}: expected one file matching {', '.join(patterns)}; "
-            f"found .onnx files {present}. Set InsightFaceConfig.{field}."
+            f"no {role} in {pack}: expected one file matching {', '.join(str(pack / p) for p in patterns)}; "
+            f"found .onnx files {present}. Copy the pack's {role} there, or set InsightFaceConfig.{field}."
         )
     names = [p.name for p in matches]
-    raise ValueError(f"ambiguous {role} in {pack}: {names} all match; set InsightFaceConfig.{field}.")
+    raise ModelFileError(f"ambiguous {role} in {pack}: {names} all match; set InsightFaceConfig.{field}.")
 
 
 def detector_file(config: InsightFaceConfig) -> Path:
@@ -213,7 +220,10 @@ def _make_session(source: str | bytes, config: InsightFaceConfig, path: Path) ->
     providers = resolve_providers(config.providers)
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = config.num_threads
-    session = onnxruntime.InferenceSession(source, sess_options=options, providers=providers)
+    try:
+        session = onnxruntime.InferenceSession(source, sess_options=options, providers=providers)
+    except Exception as exc:  # ONNX Runtime raises its own types (InvalidProtobuf, Fail, InvalidGraph)
+        raise _not_onnx(path, exc) from exc
     active = session.get_providers()
     if providers[0] not in active:
         message = f"{path}: ONNX Runtime could not start {providers[0]}; running on {active}"
@@ -221,6 +231,11 @@ def _make_session(source: str | bytes, config: InsightFaceConfig, path: Path) ->
             raise RuntimeError(message)
         logger.warning(message)
     return session
+
+
+def _not_onnx(path: Path, exc: BaseException) -> ModelFileError:
+    return ModelFileError(f"{path}: not a usable ONNX model ({short_reason(exc)}); the file is damaged or "
+                          "incomplete: copy it again from the model pack")
 
 
 def _require_file(path: Path | str, role: str) -> Path:
@@ -264,14 +279,15 @@ class InsightFaceDetector:
     def _check_signature(self, session: onnxruntime.InferenceSession) -> None:
         n_out = len(session.get_outputs())
         if n_out not in SCRFD_OUTPUT_COUNTS:
-            raise ValueError(
+            raise ModelFileError(
                 f"{self.model_path}: expected an SCRFD detector with landmarks ({SCRFD_OUTPUT_COUNTS} "
-                f"outputs: scores, boxes and 5-point landmarks per stride), found {n_out} outputs"
+                f"outputs: scores, boxes and 5-point landmarks per stride), found {n_out} outputs: is this the "
+                "pack's detector file?"
             )
         shape = session.get_inputs()[0].shape
         fixed = [d for d in shape[2:] if isinstance(d, int)]
         if fixed and fixed != [self.config.det_size] * 2:
-            raise ValueError(f"{self.model_path}: the input is fixed at {shape[2:]}; set det_size to match")
+            raise ModelFileError(f"{self.model_path}: the input is fixed at {shape[2:]}; set det_size to match")
 
     def detect(self, frame_bgr: NDArray[np.uint8]) -> Detections:
         """Faces in one BGR ``uint8`` frame (H, W, 3), sorted by decreasing score."""
@@ -363,10 +379,11 @@ class _GraphIndex:
         return np.asarray(value, np.float32)
 
 
-def _head_error(path: Path, problem: str) -> ValueError:
-    return ValueError(
+def _head_error(path: Path, problem: str) -> ModelFileError:
+    return ModelFileError(
         f"{path}: cannot split the ArcFace embedding head for SER-FIQ: expected the graph to end in "
-        f"Gemm (or MatMul [+ Add]) [-> BatchNormalization] -> output; {problem}"
+        f"Gemm (or MatMul [+ Add]) [-> BatchNormalization] -> output; {problem}: is this the pack's "
+        "recogniser file?"
     )
 
 
@@ -510,11 +527,11 @@ def _data_input(graph: onnx.GraphProto, path: Path, size: int) -> tuple[str, int
     weights = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in weights]
     if len(inputs) != 1:
-        raise ValueError(f"{path}: expected one image input, found {[v.name for v in inputs]}")
+        raise ModelFileError(f"{path}: expected one image input, found {[v.name for v in inputs]}")
     dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
     shape_ok = len(dims) == 4 and dims[1] in (3, None) and all(d in (size, None) for d in dims[2:])
     if not shape_ok or dims[0] not in (1, None):
-        raise ValueError(f"{path}: expected an input of shape (N, 3, {size}, {size}), found {dims}")
+        raise ModelFileError(f"{path}: expected an input of shape (N, 3, {size}, {size}), found {dims}")
     return inputs[0].name, dims[0]
 
 
@@ -542,7 +559,10 @@ class ArcFaceEmbedder:
 
         self.config = config or InsightFaceConfig()
         self.model_path = _require_file(model_path or recognizer_file(self.config), "recogniser")
-        model = onnx.load(str(self.model_path))
+        try:
+            model = onnx.load(str(self.model_path))
+        except Exception as exc:  # protobuf's DecodeError, onnx's own errors for damaged files
+            raise _not_onnx(self.model_path, exc) from exc
         self.head = split_embedding_head(model, self.model_path)
         self.input_mean, self.input_std = _input_normalisation(model.graph)
         self._input_name, fixed_batch = _data_input(model.graph, self.model_path, self.alignment.size)

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -57,7 +58,7 @@ import torch.nn.functional as F
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from vcn_assets.models.base import Detections
+from vcn_assets.models.base import Detections, ModelFileError, short_reason
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +204,28 @@ def _fold_input_transform(conv: nn.Conv2d) -> None:
     conv.weight.copy_(weight)
 
 
+def _load_weights(net: nn.Module, path: Path) -> None:
+    """``path``'s state dict into ``net``; a damaged or wrong file is a :class:`ModelFileError`."""
+    what = f"{type(net).__name__.lstrip('_')} weights"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        # torch's own unpickling message is long and suggests weights_only=False: never do that here
+        why = "unpickling failed" if isinstance(exc, pickle.UnpicklingError) else short_reason(exc, 80)
+        raise ModelFileError(f"{path}: not a readable torch weights file (expected facenet-pytorch's MTCNN "
+                             f"{what}; {why}); reinstall with `{INSTALL_HINT} --force-reinstall`") from exc
+    try:
+        net.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise ModelFileError(f"{path}: these are not facenet-pytorch's MTCNN {what} ({short_reason(exc, 80)}); "
+                             f"reinstall with `{INSTALL_HINT} --force-reinstall`") from exc
+
+
 def load_nets(weights_dir: Path | None, device: str) -> tuple[_PNet, _RNet, _ONet]:
     """The three nets with their weights, in eval mode on ``device``, taking raw BGR pixels."""
     nets = (_PNet(), _RNet(), _ONet())
     for net, path in zip(nets, _weight_paths(weights_dir)):
-        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        _load_weights(net, path)
         with torch.no_grad():
             _fold_input_transform(net.conv1)
         net.eval().requires_grad_(False).to(device, memory_format=torch.channels_last)

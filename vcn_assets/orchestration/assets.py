@@ -23,6 +23,7 @@ from vcn_assets.core.plots import markdown_image, quality_histogram, timeline
 from vcn_assets.core.shots import detect_shots
 from vcn_assets.core.tracking import track_faces
 from vcn_assets.core.video import VideoError, VideoInfo, content_hash, probe
+from vcn_assets.models.base import ModelFileError
 from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
 from vcn_assets.orchestration.checks import embeddings_finite, with_checks
 from vcn_assets.orchestration.partitions import MOVIES
@@ -43,7 +44,7 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can act on into a one-line Dagster failure naming the file."""
     try:
         yield
-    except (VideoError, StoreError, CheckpointError, FileNotFoundError, PermissionError) as exc:
+    except (VideoError, StoreError, CheckpointError, ModelFileError, FileNotFoundError, PermissionError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 

@@ -12,7 +12,7 @@ import polars as pl
 
 from vcn_assets.bench.clustering_eval import evaluate, track_counts
 from vcn_assets.bench.frontend_metrics import load_gt_boxes, match_boxes, track_identities
-from vcn_assets.core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from vcn_assets.core.checkpoint import CheckpointError, discard_partial, load_checkpoint, save_checkpoint
 from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig, describe
 from vcn_assets.core.contact_sheet import contact_sheet
 from vcn_assets.core.corrections import Corrections, Resolved, resolve
@@ -93,12 +93,19 @@ def _inputs(vcn: VcnResource, key: str, corrections: Corrections | None = None) 
 def _save_checkpoint(vcn: VcnResource, key: str, result, in_dim: int, cfg: FinetuneConfig) -> tuple[Path, str]:
     """Write the checkpoint under a content-addressed name (``<key>-<digest>.safetensors``), so the
     path stored in DuckDB always names exactly the weights it was recorded with."""
-    folder = vcn.data_path / "checkpoints"
-    pending = folder / f"{key}.pending.safetensors"
-    digest = save_checkpoint(pending, result, in_dim, cfg)
-    path = folder / f"{key}-{digest[:16]}.safetensors"
-    pending.replace(path)
+    pending = _pending(vcn, key)
+    try:
+        digest = save_checkpoint(pending, result, in_dim, cfg)
+        path = pending.with_name(f"{key}-{digest[:16]}.safetensors")
+        pending.replace(path)
+    finally:
+        discard_partial(pending)  # nothing is left behind when the write failed
     return path, digest
+
+
+def _pending(vcn: VcnResource, key: str) -> Path:
+    """Where a checkpoint is written before its content-addressed rename (never referenced in DuckDB)."""
+    return vcn.data_path / "checkpoints" / f"{key}.pending.safetensors"
 
 
 def stored_checkpoint(vcn: VcnResource, key: str) -> Path:
@@ -143,6 +150,7 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
         return df.height == 1 and Path(df["path"][0]).is_file()
 
     with user_errors():
+        discard_partial(_pending(vcn, key))  # what a killed run of this movie left
         # the rounds soft-match with MatchConfig's defaults: part of what determines the checkpoint
         stage = Stage("finetuned_checkpoint", {"finetune": describe(cfg), "match": describe(MatchConfig())},
                       {}, ("crops",))

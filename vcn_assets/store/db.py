@@ -11,6 +11,11 @@ reader sees either the old result or the new one, never a mix; a failing write r
 SQL is parameterised; table names come only from ``SCHEMA`` (never from user input).
 DuckDB admits one writing process per file: connections are short-lived and opening one retries
 while another process holds the lock.
+
+Errors a user can act on become a one-line :class:`StoreError` naming the file and what to do: a
+damaged or foreign file (``vcn doctor --repair`` moves it aside), a full disk (the write was rolled
+back; free space and re-run). A process killed mid-write leaves the previous rows: DuckDB makes a
+transaction durable only at COMMIT.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+
+from vcn_assets.core.files import is_disk_full
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +108,29 @@ class StoreError(RuntimeError):
     """The store cannot be opened or written; the message names the file and what to do."""
 
 
+class StoreDamaged(StoreError):
+    """The store file is damaged (truncated, overwritten, failing checksums) or not a DuckDB file."""
+
+
+# What DuckDB says about a file that is damaged (truncated, overwritten, bad checksums) or not its own.
+_DAMAGED = ("not a valid DuckDB database file", "Could not read enough bytes", "Corrupt database file")
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def actionable(path: Path, exc: BaseException) -> StoreError | None:
+    """The :class:`StoreError` for a full disk or a damaged store file, or None for other errors."""
+    if is_disk_full(exc):
+        return StoreError(f"{path}: the disk is full ({_one_line(exc)}); the write was rolled back, "
+                          f"free space on the disk holding {path.parent} and re-run")
+    if isinstance(exc, duckdb.Error) and any(s in str(exc) for s in _DAMAGED):
+        return StoreDamaged(f"{path}: the DuckDB store is damaged ({_one_line(exc)}); run `vcn doctor --repair` "
+                          "to move it aside, then re-materialise the movies")
+    return None
+
+
 class Store:
     def __init__(self, path: Path, lock_timeout_s: float = 120.0) -> None:
         self.path = Path(path)
@@ -108,35 +138,60 @@ class Store:
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A short-lived connection; retries while another process holds the file lock."""
+        """A short-lived connection; retries while another process holds the file lock. A full disk
+        or a damaged file, on opening or in the ``with`` body, raises :class:`StoreError`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_timeout_s
-        while True:
-            try:
-                con = duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
-                break
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise StoreError(f"{self.path}: cannot open the DuckDB store ({exc})") from exc
-                time.sleep(0.2)
-            except duckdb.Error as exc:
-                raise StoreError(
-                    f"{self.path}: not a usable DuckDB store ({exc}); move it aside and re-materialise"
-                ) from exc
+        con = self._open(read_only)
         try:
             yield con
+        except (duckdb.Error, OSError) as exc:
+            err = actionable(self.path, exc)
+            if err is None:
+                raise
+            raise err from exc
         finally:
             con.close()
 
+    def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        deadline = time.monotonic() + self.lock_timeout_s
+        while True:
+            try:
+                return duckdb.connect(str(self.path), read_only=read_only and self.path.exists())
+            except duckdb.IOException as exc:
+                err = actionable(self.path, exc)
+                if err is not None:
+                    raise err from exc
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise StoreError(f"{self.path}: cannot open the DuckDB store ({_one_line(exc)})") from exc
+                time.sleep(0.2)
+            except duckdb.Error as exc:
+                raise StoreError(
+                    f"{self.path}: not a usable DuckDB store ({_one_line(exc)}); run `vcn doctor --repair` "
+                    "to move it aside, then re-materialise the movies"
+                ) from exc
+
+    def schema_gaps(self, con: duckdb.DuckDBPyConnection) -> list[str]:
+        """Tables (``"shots"``) and columns (``"clusters.name VARCHAR"``) that ``SCHEMA`` has and the
+        store lacks (a store written by an older version); :meth:`ensure_schema` adds them."""
+        have: dict[str, set[str]] = {}
+        for table, column in con.execute("SELECT table_name, column_name FROM information_schema.columns").fetchall():
+            have.setdefault(table, set()).add(column)
+        gaps = []
+        for table, cols in SCHEMA.items():
+            if table not in have:
+                gaps.append(table)
+                continue
+            gaps += [f"{table}.{col}" for col in _columns(cols) if col.split()[0] not in have[table]]
+        return gaps
+
     def ensure_schema(self, con: duckdb.DuckDBPyConnection) -> None:
         """Create missing tables, and add columns that a store written by an older version lacks."""
-        for table, cols in SCHEMA.items():
-            con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({cols})")
-            have = {r[0] for r in con.execute(
-                "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]).fetchall()}
-            for col in _columns(cols):
-                if col.split()[0] not in have:
-                    con.execute(f"ALTER TABLE {table} ADD COLUMN {col}")
+        for gap in self.schema_gaps(con):
+            if "." in gap:
+                table, col = gap.split(".", 1)
+                con.execute(f"ALTER TABLE {table} ADD COLUMN {col}")
+            else:
+                con.execute(f"CREATE TABLE {gap} ({SCHEMA[gap]})")
 
     def replace(
         self, movie_key: str, frames: dict[str, pl.DataFrame], cache_entry: tuple[str, str, str] | None = None
@@ -161,7 +216,7 @@ class Store:
                     con.execute("INSERT INTO cache_index VALUES (?, ?, ?, ?)", [movie_key, *cache_entry])
                 con.execute("COMMIT")
             except BaseException:
-                con.execute("ROLLBACK")
+                _rollback(con)
                 raise
 
     def read(self, table: str, movie_key: str) -> pl.DataFrame:
@@ -198,3 +253,18 @@ class Store:
 
     def count(self, table: str, movie_key: str) -> int:
         return self.read(table, movie_key).height
+
+    def drop_cache_entry(self, movie_key: str, asset: str) -> None:
+        """Forget the fingerprint of ``asset``'s stored rows, so the next run recomputes it."""
+        with self.connect() as con:
+            self.ensure_schema(con)
+            con.execute("DELETE FROM cache_index WHERE movie_key = ? AND asset = ?", [movie_key, asset])
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back, keeping the error that caused it: after a fatal I/O error DuckDB refuses every
+    statement, and the uncommitted transaction dies with the connection anyway."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error as exc:
+        log.warning("rollback failed (%s); the transaction is discarded with the connection", _one_line(exc))
