@@ -88,7 +88,7 @@ def test_lineage_report_chain_and_changes(instance: dg.DagsterInstance, data_dir
     _run(instance, data_dir, ops={"clusters": {"config": {"max_iterations": 3}}})
     report = lineage_report(Store(data_dir / "vcn.duckdb"), "ep1", "clusters")
     assert report["movie"] == "ep1" and report["asset"] == "clusters"
-    assert [e["asset"] for e in report["chain"]][0] == "clusters"
+    assert next(e["asset"] for e in report["chain"]) == "clusters"
     assert {e["asset"] for e in report["chain"]} == {*CACHED, "movie_file", "corrections"}
     assert report["chain"][-1]["source"] is True
     assert [e["cache"] for e in report["history"]] == ["miss", "hit", "miss"]

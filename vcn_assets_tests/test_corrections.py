@@ -147,7 +147,7 @@ def test_corrections_survive_reruns_and_rerun_only_clusters(instance: dg.Dagster
     summary = _stored(data_dir, "cluster_summary")
     assert summary.filter(pl.col("cluster_id") == row[first]["cluster_id"])["name"].to_list() == ["Ada"]
     report = lineage_report(Store(data_dir / "vcn.duckdb"), "ep1", "clusters")
-    assert "input:corrections" in [e for e in report["history"] if e["cache"] == "miss"][0]["changed"]
+    assert "input:corrections" in next(e for e in report["history"] if e["cache"] == "miss")["changed"]
 
     # cluster ids change with another Stage 4 setting; the name stays with its tracks
     _run(instance, data_dir, ops={"clusters": {"config": {"max_iterations": 1}}})

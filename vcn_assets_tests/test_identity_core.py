@@ -65,7 +65,7 @@ def test_cluster_tracks_recovers_identities() -> None:
 
 
 def test_cluster_tracks_never_merges_cooccurring_tracks() -> None:
-    crops, tracks, crop_track, ident = _blob_terms(1, 3, 4)
+    crops, tracks, crop_track, _ident = _blob_terms(1, 3, 4)
     cl = np.zeros((3, 3), bool)
     cl[0, 1] = cl[1, 0] = True
     labels, _ = cluster_tracks(crops, tracks, crop_track, cl, ClusterConfig())
@@ -149,7 +149,7 @@ def test_finetuned_metric_separates_identities() -> None:
 
 
 def test_cluster_movie_handles_zero_one_and_unknown_tracks() -> None:
-    views, crop_track, ident = _blob_views(2, 2, 4)
+    views, _crop_track, _ident = _blob_views(2, 2, 4)
     status = np.array(["valid", "unknown", "valid", "no_crops"])
     crop_row = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])  # track 3's crops are ignored
     co = np.zeros((4, 4), bool)

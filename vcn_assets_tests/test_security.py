@@ -35,9 +35,16 @@ def test_a_malicious_pickle_as_checkpoint_is_refused_not_run(tmp_path: Path) -> 
     assert not marker.exists()
 
 
-def test_mtcnn_weights_load_with_weights_only() -> None:
-    source = (Path(__file__).parents[1] / "vcn_assets" / "models" / "mtcnn.py").read_text()
-    assert "weights_only=True" in source and "pickle" not in source
+def test_a_malicious_pickle_as_mtcnn_weights_is_refused_not_run(tmp_path: Path) -> None:
+    from vcn_assets.models.base import ModelFileError
+    from vcn_assets.models.mtcnn import _load_weights, _PNet
+
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "pnet.pt"
+    path.write_bytes(pickle.dumps({"weights": _Payload(marker)}))
+    with pytest.raises(ModelFileError, match=str(path)):
+        _load_weights(_PNet(), path)
+    assert not marker.exists()
 
 
 SECRET = "s3cr3t-token-0f9e8d7c6b5a"

@@ -76,7 +76,7 @@ def _read_case_json(path: Path) -> dict:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from e
     if not isinstance(meta, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+        raise ValueError(f"{path}: expected a JSON object, got {type(meta).__name__}")  # noqa: TRY004 (bad file content, not a caller type error)
     missing = [k for k in ("name", "n_frames", "width", "height", "fps") if k not in meta]
     if missing:
         raise ValueError(f"{path}: missing keys {missing}")

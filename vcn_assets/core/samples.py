@@ -260,7 +260,7 @@ def plan_shots(spec: SampleSpec, sources: tuple[SourceFace, ...], rng: np.random
     counts = _faces_per_shot(spec, rng)
     shots, start, hue = [], 0, float(rng.uniform(0, 180))
     for ids in _assign_identities(counts, spec.identities, rng):
-        n = max(2, int(round(rng.uniform(*spec.shot_seconds) * spec.fps)))
+        n = max(2, round(rng.uniform(*spec.shot_seconds) * spec.fps))
         col_w = spec.width / len(ids)
         faces = tuple(
             _place_face(sources[s], s, (j * col_w, (j + 1) * col_w), spec, rng) for j, s in enumerate(ids)
