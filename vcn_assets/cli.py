@@ -56,6 +56,9 @@ def _materialize(key: str, backend: str, select: list[str] | None = None, force:
             resources={"vcn": VcnResource(backend=backend, force=force)},
             tags={"dagster/partition": key, "vcn/launched_by": "cli"},
             raise_on_error=False,
+            # the console shows warnings and errors (and the progress bars); the full event log, DEBUG
+            # included, is stored in the instance as always (`dagster dev` shows it per run)
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
     if not result.success:
         failures = result.get_step_failure_events()

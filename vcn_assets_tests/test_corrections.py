@@ -178,3 +178,4 @@ def test_correct_command_errors_are_one_line(data_dir: Path, monkeypatch: pytest
     monkeypatch.setenv("VCN_DATA_DIR", str(data_dir))
     with pytest.raises(SystemExit, match="vcn correct: movie 'nope': no tracks stored"):
         main(["correct", "nope", "--not-face", "3"])
+
