@@ -186,7 +186,7 @@ def cmd_bench_lineage(args: argparse.Namespace) -> None:
 def cmd_bench_length(args: argparse.Namespace) -> None:
     from vcn_assets.bench.length import length_table, run_length_bench
 
-    print(length_table(run_length_bench(args.minutes, args.backend, args.stages, args.cache, args.json)))
+    print(length_table(run_length_bench(args.minutes, args.backend, args.stages, args.cache, args.json, args.repeat)))
 
 
 def cmd_bench_sensor(args: argparse.Namespace) -> None:
@@ -353,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--cache", type=Path, default=Path("data/bench_length"), metavar="DIR",
                     help="where the generated movies are kept between runs")
     bn.add_argument("--json", type=Path, default=None)
+    bn.add_argument("--repeat", type=int, default=1, metavar="N", help="runs per length; medians are reported")
     bn.set_defaults(fn=cmd_bench_length)
     bs = sub.add_parser("bench-sensor", help="time the new-movies sensor's tick on a folder of many movies")
     bs.add_argument("--movies", type=int, default=1000)

@@ -261,3 +261,28 @@ def test_suggestion_report_counts_split_identities_repaired_by_suggestions() -> 
                              np.zeros(7), np.zeros(7))
     assert suggestion_report(identity, status, labels, hints) == {
         "split_clusters": 3, "rank1_same_identity": 1, "top_k_same_identity": 2}
+
+
+def test_bench_length_median_of_runs() -> None:
+    from vcn_assets.bench.length import _median_run
+
+    runs = [{"n_frames": 9, "seconds": {"shots": s, "tracks": 2 * s}, "peak_rss_mb": m}
+            for s, m in [(1.0, 300.0), (5.0, 310.0), (2.0, 305.0)]]
+    assert _median_run(runs) == {"n_frames": 9, "seconds": {"shots": 2.0, "tracks": 4.0}, "peak_rss_mb": 310.0}
+
+
+def test_bench_length_repeats_a_movie_and_reports_rates(tmp_path: Path, blob_movie: Path) -> None:
+    from vcn_assets.bench.length import length_table, run_length_bench
+    from vcn_assets.core.video import probe
+
+    base = probe(blob_movie)
+    out = tmp_path / "length.json"
+    results = run_length_bench([1, 2], "fake", "all", tmp_path, out, base=blob_movie)
+    assert [r["n_frames"] for r in results] == [base.n_frames, 2 * base.n_frames]
+    assert probe(tmp_path / f"{blob_movie.stem}_x2.mp4").n_frames == 2 * base.n_frames
+    for r in results:
+        assert r["repeat"] == 1 and r["peak_rss_mb"] > 0 and r["n_clusters"] >= 1
+        assert set(r["seconds"]) == {"probe", "shots", "tracks", "crops", "finetune_and_match", "cluster"}
+        assert r["rates"]["realtime_factor"] > 0
+    assert json.loads(out.read_text())[1]["minutes"] == 2
+    assert length_table(results).count("\n") == 3

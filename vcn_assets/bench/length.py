@@ -3,13 +3,13 @@
 Usage::
 
     vcn bench-length --minutes 1 5 30 --backend fake --json out.json
-    vcn bench-length --minutes 1 5 --backend dlib --stages all
+    vcn bench-length --minutes 1 5 --backend dlib --stages all --repeat 3
 
 Each movie is a generated 720p 25 fps sample (faces from photos an installed package ships) of
 one minute, repeated by stream copy to the requested length (so a 30-minute movie costs seconds to
 make, and every minute has the same faces and cuts: cost per minute should stay flat). Each
 length runs in a fresh spawned process, so its peak RSS (``ru_maxrss``) is that run's alone.
-Reported per length: seconds and throughput per stage (frames/s for shots, tracks; crops/s;
+Reported per length (``--repeat N``: median seconds of N runs, largest peak RSS): seconds and throughput per stage (frames/s for shots, tracks; crops/s;
 finetuning steps/s and clustering seconds with ``--stages all``), the real-time factor (movie
 seconds / processing seconds) and peak RSS. Frames are streamed: peak memory that does not grow
 with the movie's length (beyond the per-track results kept) is what "bounded" means here.
@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -106,21 +107,37 @@ def _rates(r: dict) -> dict:
     return {k: round(v, 2) for k, v in rates.items()}
 
 
-def run_length_bench(minutes: list[int], backend: str, stages: str, cache: Path, json_out: Path | None) -> list[dict]:
-    cache.mkdir(parents=True, exist_ok=True)
-    base = base_movie(cache)
+def _run_once(movie: Path, backend: str, stages: str) -> dict:
     ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_measure, args=(str(movie), backend, stages, q))
+    p.start()
+    report = q.get()
+    p.join()
+    return report
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The first run's counts, the median seconds of each stage, the largest peak RSS."""
+    out = dict(runs[0])
+    out["seconds"] = {k: round(statistics.median(r["seconds"][k] for r in runs), 2) for k in runs[0]["seconds"]}
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    return out
+
+
+def run_length_bench(minutes: list[int], backend: str, stages: str, cache: Path, json_out: Path | None,
+                     repeat: int = 1, base: Path | None = None) -> list[dict]:
+    """One report per length (median of ``repeat`` fresh-process runs); ``base``: the movie to
+    repeat (default: the generated one-minute 720p sample)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    base = base or base_movie(cache)
     results = []
     for m in minutes:
-        movie = cache / f"movie_{m}min.mp4"
+        movie = cache / f"{base.stem}_x{m}.mp4"
         if not movie.exists():
             repeat_movie(base, movie, m)
-        q = ctx.Queue()
-        p = ctx.Process(target=_measure, args=(str(movie), backend, stages, q))
-        p.start()
-        report = q.get()
-        p.join()
-        report = {"minutes": m, "backend": backend, **report}
+        report = {"minutes": m, "backend": backend, "repeat": repeat,
+                  **_median_run([_run_once(movie, backend, stages) for _ in range(repeat)])}
         report["rates"] = _rates(report)
         results.append(report)
         if json_out:
