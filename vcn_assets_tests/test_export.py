@@ -216,3 +216,11 @@ def test_movie_without_faces_exports_an_empty_page(tmp_path: Path) -> None:
     data = json.loads((tmp_path / "faceless" / "clusters.json").read_text(encoding="utf-8"))
     assert data["clusters"] == [] and data["unknown_tracks"] == [] and data["movie"]["duration_s"] == 2.0
     assert "No face clusters" in (tmp_path / "faceless" / "index.html").read_text(encoding="utf-8")
+
+
+def test_csv_names_cannot_start_a_spreadsheet_formula() -> None:
+    from vcn_assets.export.files import csv_text
+
+    assert csv_text("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")"
+    assert [csv_text(v) for v in ("+1", "-1", "@SUM(A1)", "\tx")] == ["'+1", "'-1", "'@SUM(A1)", "'\tx"]
+    assert [csv_text(v) for v in ("Penny", "", "Dr. = Who")] == ["Penny", "", "Dr. = Who"]

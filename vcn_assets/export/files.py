@@ -76,10 +76,17 @@ def _appearance(a: Appearance) -> dict[str, Any]:
             "end_tc": a.end_tc, "duration_s": _seconds(a.duration_s)}
 
 
+def csv_text(value: str) -> str:
+    """A user-given text as a CSV cell a spreadsheet shows as text: a leading ``= + - @`` (or tab /
+    carriage return) would start a formula, so such a value gets a leading apostrophe (OWASP's
+    advice against CSV injection); the JSON export keeps the name exactly."""
+    return "'" + value if value[:1] in ("=", "+", "-", "@", "\t", "\r") else value
+
+
 def csv_rows(report: MovieReport) -> Iterable[dict[str, Any]]:
     """One row per appearance of a clustered track, the cluster's columns repeated."""
     for c in report.clusters:
-        cluster = {"cluster_id": c.cluster_id, "name": c.name or "", "n_tracks": c.n_tracks,
+        cluster = {"cluster_id": c.cluster_id, "name": csv_text(c.name or ""), "n_tracks": c.n_tracks,
                    "screen_time_s": _seconds(c.screen_time_s), "cluster_first_tc": c.first_tc,
                    "cluster_last_tc": c.last_tc}
         for a in c.appearances:
