@@ -209,7 +209,10 @@ def _load_weights(net: nn.Module, path: Path) -> None:
     what = f"{type(net).__name__.lstrip('_')} weights"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+    except OSError:
+        raise  # unreadable file (permissions, I/O): its own message names the path
+    except Exception as exc:  # a damaged file makes torch's unpickler raise almost any type
+        # (UnpicklingError, RuntimeError, EOFError, ValueError; IndexError on one random-bytes file in CI)
         # torch's own unpickling message is long and suggests weights_only=False: never do that here
         why = "unpickling failed" if isinstance(exc, pickle.UnpicklingError) else short_reason(exc, 80)
         raise ModelFileError(f"{path}: not a readable torch weights file (expected facenet-pytorch's MTCNN "
