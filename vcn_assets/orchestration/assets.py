@@ -25,7 +25,7 @@ from vcn_assets.core.tracking import track_faces
 from vcn_assets.core.video import VideoError, VideoInfo, content_hash, probe
 from vcn_assets.models.base import ModelFileError
 from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
-from vcn_assets.orchestration.checks import embeddings_finite, with_checks
+from vcn_assets.orchestration.checks import embeddings_finite, with_checks, with_metadata
 from vcn_assets.orchestration.partitions import MOVIES
 from vcn_assets.orchestration.progress import step_progress
 from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
@@ -156,13 +156,6 @@ def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource)
         store = vcn.store()
         pictures = {"quality_histogram": _quality_picture(store.read("track_quality", key), cfg)}
         return with_checks(with_metadata(result, pictures), [embeddings_finite(store.read("crops", key))])
-
-
-def with_metadata(result: dg.MaterializeResult, extra: dict) -> dg.MaterializeResult:
-    """``result`` with ``extra`` metadata entries added (a MaterializeResult is immutable)."""
-    return dg.MaterializeResult(asset_key=result.asset_key, metadata={**(result.metadata or {}), **extra},
-                                data_version=result.data_version, tags=result.tags,
-                                check_results=result.check_results)
 
 
 def _timeline_picture(vcn: VcnResource, key: str) -> dg.MetadataValue:

@@ -20,8 +20,17 @@ import polars as pl
 
 def with_checks(result: dg.MaterializeResult, checks: Sequence[dg.AssetCheckResult]) -> dg.MaterializeResult:
     """``result`` with ``checks`` attached (a MaterializeResult is immutable)."""
+    return _amended(result, {}, checks)
+
+
+def with_metadata(result: dg.MaterializeResult, extra: dict) -> dg.MaterializeResult:
+    """``result`` with ``extra`` metadata entries added (pictures drawn from the stored rows)."""
+    return _amended(result, extra, ())
+
+
+def _amended(result: dg.MaterializeResult, extra: dict, checks: Sequence[dg.AssetCheckResult]) -> dg.MaterializeResult:
     return dg.MaterializeResult(
-        asset_key=result.asset_key, metadata=result.metadata, data_version=result.data_version,
+        asset_key=result.asset_key, metadata={**(result.metadata or {}), **extra}, data_version=result.data_version,
         tags=result.tags, check_results=[*(result.check_results or []), *checks],
     )
 

@@ -31,9 +31,9 @@ from vcn_assets.core.identity import (
 from vcn_assets.core.plots import cast_timeline, embedding_plot, loss_curve, markdown_image, project_2d
 from vcn_assets.core.soft_match import flatten_views, soft_match
 from vcn_assets.core.tracking import TrackBoxes
-from vcn_assets.orchestration.assets import crops, user_errors, with_metadata
+from vcn_assets.orchestration.assets import crops, user_errors
 from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
-from vcn_assets.orchestration.checks import with_checks
+from vcn_assets.orchestration.checks import with_checks, with_metadata
 from vcn_assets.orchestration.partitions import MOVIES
 from vcn_assets.orchestration.progress import step_progress
 from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
