@@ -122,7 +122,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
 def cmd_bench_scale(args: argparse.Namespace) -> None:
     from vcn_assets.bench.scale import run_scale
 
-    for r in run_scale(args.tracks, args.tracks_dir, args.json, args.crops):
+    for r in run_scale(args.tracks, args.tracks_dir, args.json, args.crops, args.repeat):
         print(f"{r['n_tracks']:>6} tracks {r['n_crops']:>7} crops  {r['seconds']:>8.1f} s  "
               f"peak RSS {r['peak_rss_mb']:>7.0f} MB  {r['stage_seconds']}")
 
@@ -327,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tracks-dir", type=Path, default=None,
                    help="folder of *.facetracks.csv.gz annotations to take track lengths and identity sizes from")
     s.add_argument("--crops", type=int, default=0, help="crops per track (default: from track lengths, max 10)")
+    s.add_argument("--repeat", type=int, default=1, help="runs per N; seconds reported are medians")
     s.add_argument("--json", type=Path, default=None)
     s.set_defaults(fn=cmd_bench_scale)
     li = sub.add_parser("lineage", help="what produced a movie's asset, and its history with what changed")

@@ -249,6 +249,16 @@ def test_bench_scale_reports_time_and_memory(tmp_path: Path) -> None:
     assert json.loads(out.read_text())["scale"][0]["n_tracks"] == 40
 
 
+def test_bench_scale_repeat_reports_medians() -> None:
+    from vcn_assets.bench.scale import _median
+
+    runs = [{"n_tracks": 5, "seconds": s, "stage_seconds": {"cluster": s / 2}, "peak_rss_mb": m}
+            for s, m in [(3.0, 100.0), (1.0, 300.0), (2.0, 200.0)]]
+    r = _median(runs)
+    assert (r["seconds"], r["stage_seconds"], r["peak_rss_mb"]) == (2.0, {"cluster": 1.0}, 300.0)
+    assert r["repeat"] == 3 and r["all_seconds"] == [3.0, 1.0, 2.0]
+
+
 def test_suggestion_report_counts_split_identities_repaired_by_suggestions() -> None:
     from vcn_assets.bench.clustering_eval import suggestion_report
     from vcn_assets.core.clustering import MergeSuggestions

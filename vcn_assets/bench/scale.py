@@ -8,8 +8,9 @@ Track lengths and identity sizes are drawn from annotated episodes (``*.facetrac
 ``track_id,frame,...,identity``) when ``--tracks-dir`` is given, else from a documented fallback
 (log-normal lengths, Zipf-like identity sizes). Each identity is a random direction in 128-d; a
 track is its identity plus a per-track offset; crops add per-crop noise (two views each, like the
-dlib backend's original + mirror). Reports seconds and peak RSS per N (each N in a fresh process,
-so peaks do not mix).
+dlib backend's original + mirror). Reports seconds and peak RSS per N (each run in a fresh process,
+so peaks do not mix); ``--repeat R`` runs each N R times and reports the median seconds (total and
+per stage), every run's total, and the largest peak RSS.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import multiprocessing
 import resource
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,16 +95,34 @@ def _run_one(n_tracks: int, shape: EpisodeShape, crops: int, queue: Any) -> None
                "peak_rss_mb": round(peak_mb, 1), "n_clusters": int(out.cluster_of_track.max() + 1)})
 
 
-def run_scale(tracks: list[int], tracks_dir: Path | None, json_out: Path | None, crops: int = 0) -> list[dict[str, Any]]:
-    shape = load_shape(tracks_dir)
+def _run_fresh(n: int, shape: EpisodeShape, crops: int) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_run_one, args=(n, shape, crops, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The first run's counts; median seconds (total and per stage); the largest peak RSS."""
+    out = dict(runs[0])
+    out["seconds"] = round(statistics.median(r["seconds"] for r in runs), 2)
+    out["stage_seconds"] = {k: round(statistics.median(r["stage_seconds"][k] for r in runs), 2)
+                            for k in runs[0]["stage_seconds"]}
+    out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    out["repeat"] = len(runs)
+    out["all_seconds"] = [r["seconds"] for r in runs]
+    return out
+
+
+def run_scale(tracks: list[int], tracks_dir: Path | None, json_out: Path | None, crops: int = 0,
+              repeat: int = 1) -> list[dict[str, Any]]:
+    shape = load_shape(tracks_dir)
     results = []
     for n in tracks:
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_run_one, args=(n, shape, crops, queue))
-        proc.start()
-        results.append(queue.get())
-        proc.join()
+        results.append(_median([_run_fresh(n, shape, crops) for _ in range(max(1, repeat))]))
         log.info("%s", results[-1])
     if json_out is not None:
         json_out.write_text(json.dumps({"scale": results}, indent=2))
