@@ -276,9 +276,11 @@ def test_suggestion_report_counts_split_identities_repaired_by_suggestions() -> 
 def test_bench_length_median_of_runs() -> None:
     from vcn_assets.bench.length import _median_run
 
-    runs = [{"n_frames": 9, "seconds": {"shots": s, "tracks": 2 * s}, "peak_rss_mb": m}
+    runs = [{"n_frames": 9, "seconds": {"shots": s, "tracks": 2 * s}, "peak_rss_mb": m,
+             "peak_rss_mb_through": {"stage1": m - 10}}
             for s, m in [(1.0, 300.0), (5.0, 310.0), (2.0, 305.0)]]
-    assert _median_run(runs) == {"n_frames": 9, "seconds": {"shots": 2.0, "tracks": 4.0}, "peak_rss_mb": 310.0}
+    assert _median_run(runs) == {"n_frames": 9, "seconds": {"shots": 2.0, "tracks": 4.0}, "peak_rss_mb": 310.0,
+                                 "peak_rss_mb_through": {"stage1": 300.0}}
 
 
 def test_bench_length_repeats_a_movie_and_reports_rates(tmp_path: Path, blob_movie: Path) -> None:
@@ -292,6 +294,8 @@ def test_bench_length_repeats_a_movie_and_reports_rates(tmp_path: Path, blob_mov
     assert probe(tmp_path / f"{blob_movie.stem}_x2.mp4").n_frames == 2 * base.n_frames
     for r in results:
         assert r["repeat"] == 1 and r["peak_rss_mb"] > 0 and r["n_clusters"] >= 1
+        through = r["peak_rss_mb_through"]
+        assert 0 < through["stage1"] <= through["stages1_3"] <= through["stages1_4"] == r["peak_rss_mb"]
         assert set(r["seconds"]) == {"probe", "shots", "tracks", "crops", "finetune_and_match", "cluster"}
         assert r["rates"]["realtime_factor"] > 0
     assert json.loads(out.read_text())[1]["minutes"] == 2

@@ -11,7 +11,9 @@ make, and every minute has the same faces and cuts: cost per minute should stay 
 length runs in a fresh spawned process, so its peak RSS (``ru_maxrss``) is that run's alone.
 Reported per length (``--repeat N``: median seconds of N runs, largest peak RSS): seconds and throughput per stage (frames/s for shots, tracks; crops/s;
 finetuning steps/s and clustering seconds with ``--stages all``), the real-time factor (movie
-seconds / processing seconds) and peak RSS. Frames are streamed: peak memory that does not grow
+seconds / processing seconds) and peak RSS, overall and through each phase
+(``peak_rss_mb_through``: ``stage1``, ``stages1_3``, ``stages1_4``; RSS peaks only grow, so each
+value is the peak up to that phase's end). Frames are streamed: peak memory that does not grow
 with the movie's length (beyond the per-track results kept) is what "bounded" means here.
 """
 
@@ -66,7 +68,7 @@ def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue) 
     import numpy as np
 
     from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig, ModelConfig
-    from vcn_assets.core.identity import ClusterInputs, cluster_movie, cooccurrence
+    from vcn_assets.core.identity import ClusterInputs, adapt, cooccurrence, final_clusters
     from vcn_assets.core.pipeline import PipelineConfig, run_stage1
     from vcn_assets.models.registry import build_models
 
@@ -74,6 +76,7 @@ def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue) 
     models = build_models(ModelConfig(backend=backend), cfg.tracks.min_face_px, cfg.tracks.min_score,
                           cfg.tracks.detect_max_side)
     r = run_stage1(Path(movie), cfg, models)
+    peaks = {"stage1": _peak_mb()}
     report = {"seconds": {k: round(v, 2) for k, v in r.seconds.items()}, "n_frames": r.info.n_frames,
               "movie_s": r.info.n_frames / r.info.fps, "n_tracks": len(r.tracks.track_id),
               "n_crops": len(r.crops.track_id), "n_boxes": len(r.boxes.track_id)}
@@ -86,14 +89,24 @@ def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue) 
         inputs = ClusterInputs.from_stage1(r.tracks.status, np.asarray(crop_row, np.int64), r.crops.views, co)
         t0 = time.perf_counter()
         ft_cfg = FinetuneConfig()
-        c = cluster_movie(inputs, ft_cfg, MatchConfig(), ClusterConfig())
-        report["seconds"] |= {"finetune_and_match": round(c.seconds["finetune_and_match"], 2),
-                              "cluster": round(c.seconds["cluster"], 2)}
+        ft = adapt(inputs, ft_cfg, MatchConfig())
+        peaks["stages1_3"] = _peak_mb()
+        t1 = time.perf_counter()
+        final = final_clusters(inputs, ft, ClusterConfig())
+        peaks["stages1_4"] = _peak_mb()
+        report["seconds"] |= {"finetune_and_match": round(t1 - t0, 2),
+                              "cluster": round(time.perf_counter() - t1, 2)}
         report["finetune_steps"] = ft_cfg.rounds * ft_cfg.steps_per_round
-        report["n_clusters"] = int(c.cluster_of_track.max() + 1)
+        report["n_clusters"] = int(final.cluster_of_track.max() + 1)
         report["stage2_4_s"] = round(time.perf_counter() - t0, 2)
-    report["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    report["peak_rss_mb"] = _peak_mb()
+    report["peak_rss_mb_through"] = peaks
     out.put(report)
+
+
+def _peak_mb() -> float:
+    """This process's peak RSS so far (so the value read after a stage is the peak up to its end)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _rates(r: dict) -> dict:
@@ -122,6 +135,7 @@ def _median_run(runs: list[dict]) -> dict:
     out = dict(runs[0])
     out["seconds"] = {k: round(statistics.median(r["seconds"][k] for r in runs), 2) for k in runs[0]["seconds"]}
     out["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+    out["peak_rss_mb_through"] = {k: max(r["peak_rss_mb_through"][k] for r in runs) for k in runs[0]["peak_rss_mb_through"]}
     return out
 
 
@@ -146,12 +160,17 @@ def run_length_bench(minutes: list[int], backend: str, stages: str, cache: Path,
 
 
 def length_table(results: list[dict]) -> str:
-    head = "| minutes | frames | tracks | crops | shots fps | tracks fps | crops/s | steps/s | realtime x | stage 1 x | peak RSS MB |"
+    head = "| minutes | frames | tracks | crops | shots fps | tracks fps | crops/s | steps/s | realtime x | stage 1 x | peak RSS MB (through stage 1 / 1-3 / all) |"
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in results:
         q = r["rates"]
         lines.append(f"| {r['minutes']} | {r['n_frames']} | {r['n_tracks']} | {r['n_crops']} | {q['shots_fps']} | "
                      f"{q['tracks_fps']} | {q['crops_per_s']} | {q.get('finetune_steps_per_s', '-')} | "
-                     f"{q['realtime_factor']} | {q['stage1_realtime_factor']} | {r['peak_rss_mb']} |")
+                     f"{q['realtime_factor']} | {q['stage1_realtime_factor']} | {_peaks(r)} |")
     return "\n".join(lines)
 
+
+
+def _peaks(r: dict) -> str:
+    through = r.get("peak_rss_mb_through", {})
+    return " / ".join(str(through.get(k, "-")) for k in ("stage1", "stages1_3")) + f" / {r['peak_rss_mb']}"
