@@ -114,6 +114,34 @@ def test_soft_match_links_same_identity_tracks_only() -> None:
     assert np.all(m.log_pdf > m.threshold)
 
 
+def test_soft_match_row_blocks_give_the_same_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vcn_assets.core.soft_match as sm
+
+    views, crop_track, _ = _blob_views(4, 5, 8)
+    n = int(crop_track.max()) + 1
+    co = np.zeros((n, n), bool)
+    co[0, 1] = co[1, 0] = True
+    whole = soft_match(views[:, 0], crop_track, n, co, MatchConfig())
+    monkeypatch.setattr(sm, "ROW_BLOCK", 3)
+    blocks = soft_match(views[:, 0], crop_track, n, co, MatchConfig())
+    assert len(whole) > 0 and not ((whole.track_a == 0) & (whole.track_b == 1)).any()
+    for field in ("track_a", "track_b", "log_pdf", "threshold"):
+        assert np.array_equal(getattr(whole, field), getattr(blocks, field))
+
+
+def test_soft_match_thresholds_are_the_mean_pdf_of_the_lowest_quarter() -> None:
+    from scipy.special import logsumexp
+
+    from vcn_assets.core.soft_match import _thresholds
+
+    own = np.array([-1.0, -5.0, -3.0, -2.0, -4.0, -7.0, 0.5])
+    track = np.array([0, 0, 0, 0, 0, 1, 2])
+    thr = _thresholds(own, track, 4, 0.25)
+    # track 0: 5 crops -> ceil(1.25) = 2 lowest (-5, -4); tracks 1, 2: their one crop; track 3: none
+    assert np.allclose(thr[:3], [logsumexp([-5.0, -4.0]) - np.log(2), -7.0, 0.5])
+    assert thr[3] == np.inf
+
+
 def test_soft_match_edge_cases() -> None:
     views, crop_track, _ = _blob_views(1, 1, 3)
     assert len(soft_match(views[:, 0], crop_track, 1, None, MatchConfig())) == 0

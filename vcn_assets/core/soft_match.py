@@ -11,7 +11,9 @@ singular): embeddings are projected on the top ``dims`` principal axes of the tr
 low-rank model: the directions in which tracks differ), then whitened with the movie's pooled within-track covariance (plus a
 small ridge), which captures how a face's embedding varies within one track; in that space each
 track gets a diagonal Normal whose variances are its own, shrunk toward 1 (the pooled value) with
-``prior_weight`` pseudo-crops. All pairwise log-pdfs are then three matrix products.
+``prior_weight`` pseudo-crops. All pairwise log-pdfs are then three matrix products, computed for
+``ROW_BLOCK`` tracks at a time so memory grows linearly with the number of tracks (only the matches
+are kept; the co-occurrence matrix passed in is one byte per track pair).
 threshold_T = log(mean of the lowest 25% of the pdfs of T's own crops) (computed with logsumexp).
 The whitening's log-determinant shifts every log-pdf and threshold by the same constant; it is
 left out.
@@ -24,9 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import logsumexp
-
 from vcn_assets.core.config import MatchConfig
+
+ROW_BLOCK = 1024  # tracks whose log-pdf rows are computed at once: (ROW_BLOCK, T) float64 temporaries
 
 
 @dataclass(frozen=True)
@@ -86,19 +88,27 @@ def _track_vars(z: NDArray[np.float64], mu: NDArray[np.float64], crop_track: NDA
 
 
 def _log_pdf_matrix(x: NDArray[np.float64], mu: NDArray[np.float64], var: NDArray[np.float64]) -> NDArray[np.float64]:
-    """log N(x_j | mu_i, diag var_i) for all i, j: (n_tracks, n_points)."""
+    """log N(x_j | mu_i, diag var_i) for all i, j: (len(mu), len(x))."""
     inv = 1.0 / var
     maha = (inv * mu**2).sum(1)[:, None] - 2 * (mu * inv) @ x.T + inv @ (x**2).T
     return -0.5 * (maha + np.log(var).sum(1)[:, None] + mu.shape[1] * math.log(2 * math.pi))
 
 
 def _thresholds(own: NDArray[np.float64], crop_track: NDArray[np.int64], n: int, q: float) -> NDArray[np.float64]:
+    """Per track: log of the mean pdf of its lowest ``q`` share of own-crop pdfs (at least one)."""
+    order = np.lexsort((own, crop_track))
+    t_sorted, v_sorted = crop_track[order], own[order]
+    counts = np.bincount(crop_track, minlength=n)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rank = np.arange(len(order)) - start[t_sorted]
+    k = np.maximum(1, np.ceil(q * counts)).astype(np.int64)
+    low = rank < k[t_sorted]
+    top = np.full(n, -np.inf)
+    np.maximum.at(top, t_sorted[low], v_sorted[low])
+    sums = np.bincount(t_sorted[low], weights=np.exp(v_sorted[low] - top[t_sorted[low]]), minlength=n)
     thr = np.full(n, np.inf)
-    for t in range(n):
-        vals = np.sort(own[crop_track == t])
-        if len(vals):
-            k = max(1, math.ceil(q * len(vals)))
-            thr[t] = logsumexp(vals[:k]) - math.log(k)
+    has = counts > 0
+    thr[has] = top[has] + np.log(sums[has]) - np.log(k[has])
     return thr
 
 
@@ -128,13 +138,22 @@ def soft_match(
     var = _track_vars(z, mu, crop_track, cfg.prior_weight)
     own = _own_log_pdf(z, mu, var, crop_track)
     thr = _thresholds(own, crop_track, n_tracks, cfg.low_quantile)
-    scores = _log_pdf_matrix(mu, mu, var)  # (a, b): b's mean under a's Normal
-    ok = scores > thr[:, None]
-    np.fill_diagonal(ok, False)
+    parts = [_match_block(mu, var, thr, cannot_link, lo, min(lo + ROW_BLOCK, n_tracks))
+             for lo in range(0, n_tracks, ROW_BLOCK)]
+    a, b, score = (np.concatenate(x) for x in zip(*parts))
+    return SoftMatches(a, b, score, thr[a])
+
+
+def _match_block(mu: NDArray[np.float64], var: NDArray[np.float64], thr: NDArray[np.float64],
+                 cannot_link: NDArray[np.bool_] | None, lo: int, hi: int):
+    """Matches (a, b, log-pdf) with ``a`` in rows lo..hi: b's mean inside a's Normal."""
+    scores = _log_pdf_matrix(mu, mu[lo:hi], var[lo:hi])  # (a - lo, b): b's mean under a's Normal
+    ok = scores > thr[lo:hi, None]
+    ok[np.arange(hi - lo), np.arange(lo, hi)] = False
     if cannot_link is not None:
-        ok &= ~cannot_link
+        ok &= ~cannot_link[lo:hi]
     a, b = np.nonzero(ok)
-    return SoftMatches(a.astype(np.int64), b.astype(np.int64), scores[a, b], thr[a])
+    return (a + lo).astype(np.int64), b.astype(np.int64), scores[a, b]
 
 
 def _own_log_pdf(
