@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+
 from vcn_assets.core.config import MatchConfig
 
 ROW_BLOCK = 1024  # tracks whose log-pdf rows are computed at once: (ROW_BLOCK, T) float64 temporaries
