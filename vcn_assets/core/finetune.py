@@ -50,7 +50,8 @@ class TrainingSet:
               cannot_link: NDArray[np.bool_]) -> TrainingSet:
         if views.ndim != 3 or len(views) != len(crop_track):
             raise ValueError(f"views must be (C, V, D) with C = len(crop_track), got {views.shape}")
-        crops_of = [np.flatnonzero(crop_track == t) for t in range(n_tracks)]
+        order = np.argsort(crop_track, kind="stable")
+        crops_of = np.split(order, np.cumsum(np.bincount(crop_track, minlength=n_tracks))[:-1])
         return cls(views.astype(np.float32), crop_track.astype(np.int64), n_tracks, cannot_link, crops_of)
 
 
@@ -119,9 +120,14 @@ def _train_round(state: dict, data: TrainingSet, partners: list[NDArray[np.int64
     return losses
 
 
+EMBED_BATCH = 4096  # rows embedded at once: bounds the MLP's activations whatever the movie's length
+
+
 def student_embeddings(net: AdaptNet, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    x = np.ascontiguousarray(x, np.float32)
     with torch.no_grad():
-        return net.embed(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+        parts = [net.embed(torch.from_numpy(x[i:i + EMBED_BATCH])).numpy() for i in range(0, max(len(x), 1), EMBED_BATCH)]
+    return np.concatenate(parts)
 
 
 @contextmanager

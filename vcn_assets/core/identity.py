@@ -47,8 +47,10 @@ def cooccurrence(track_of_box: NDArray[np.int64], frame_of_box: NDArray[np.int64
     if len(track_of_box) == 0:
         return np.zeros((n_tracks, n_tracks), bool)
     frames, frame_idx = np.unique(frame_of_box, return_inverse=True)
-    m = sp.csr_matrix((np.ones(len(track_of_box)), (track_of_box, frame_idx)), shape=(n_tracks, len(frames)))
-    co = (m @ m.T).toarray() > 0
+    m = sp.csr_matrix((np.ones(len(track_of_box), np.float32), (track_of_box, frame_idx)), shape=(n_tracks, len(frames)))
+    a, b = (m @ m.T).nonzero()  # sparse product: no dense float (T, T) temporary
+    co = np.zeros((n_tracks, n_tracks), bool)
+    co[a, b] = True
     np.fill_diagonal(co, False)
     return co
 

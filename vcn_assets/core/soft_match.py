@@ -12,7 +12,7 @@ low-rank model: the directions in which tracks differ), then whitened with the m
 small ridge), which captures how a face's embedding varies within one track; in that space each
 track gets a diagonal Normal whose variances are its own, shrunk toward 1 (the pooled value) with
 ``prior_weight`` pseudo-crops. All pairwise log-pdfs are then three matrix products, computed for
-``ROW_BLOCK`` tracks at a time so memory grows linearly with the number of tracks (only the matches
+``ROW_BLOCK`` (256) tracks at a time so memory grows linearly with the number of tracks (only the matches
 are kept; the co-occurrence matrix passed in is one byte per track pair).
 threshold_T = log(mean of the lowest 25% of the pdfs of T's own crops) (computed with logsumexp).
 The whitening's log-determinant shifts every log-pdf and threshold by the same constant; it is
@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from vcn_assets.core.config import MatchConfig
 
-ROW_BLOCK = 1024  # tracks whose log-pdf rows are computed at once: (ROW_BLOCK, T) float64 temporaries
+ROW_BLOCK = 256  # tracks whose log-pdf rows are computed at once: (ROW_BLOCK, T) float64 temporaries
 
 
 @dataclass(frozen=True)
