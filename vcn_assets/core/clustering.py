@@ -117,10 +117,12 @@ def _blocked_tracks(cannot_link: NDArray[np.bool_] | None, cfg: ClusterConfig, u
     return (co & ~together) | user.cannot_link
 
 
-def _cluster_blocked(blocked: NDArray[np.bool_], labels: NDArray[np.int64], n: int) -> NDArray[np.bool_]:
-    onehot = np.zeros((len(labels), n))
-    onehot[np.arange(len(labels)), labels] = 1
-    return (onehot.T @ blocked.astype(np.float64) @ onehot) > 0
+def _cluster_blocked(blocked: tuple[NDArray[np.int64], NDArray[np.int64]], labels: NDArray[np.int64],
+                     n: int) -> NDArray[np.bool_]:
+    """(n, n) True where two clusters hold a blocked track pair; ``blocked`` = the pairs' (rows, cols)."""
+    out = np.zeros((n, n), bool)
+    out[labels[blocked[0]], labels[blocked[1]]] = True
+    return out
 
 
 def _scores(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[np.int64], labels: NDArray[np.int64]):
@@ -141,7 +143,7 @@ def cluster_tracks(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[
     labels = np.unique(user.component, return_inverse=True)[1].astype(np.int64)
     if labels.max(initial=-1) + 1 < 2:
         return labels, 0
-    blocked_tracks = _blocked_tracks(cannot_link, cfg, user)
+    blocked_tracks = np.nonzero(_blocked_tracks(cannot_link, cfg, user))
     for it in range(1, cfg.max_iterations + 1):
         n = int(labels.max()) + 1
         score, thr = _scores(crops, tracks, crop_track, labels)
@@ -186,7 +188,8 @@ def merge_suggestions(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArr
     score, thr = _scores(crops, tracks, crop_track, labels)
     thr_pair = np.maximum(thr[:, None], thr[None, :])
     margin = score - thr_pair
-    margin[_cluster_blocked(_blocked_tracks(cannot_link, cfg, user or Constraints.none(len(tracks.p))), labels, n)] = np.inf
+    blocked = np.nonzero(_blocked_tracks(cannot_link, cfg, user or Constraints.none(len(tracks.p))))
+    margin[_cluster_blocked(blocked, labels, n)] = np.inf
     np.fill_diagonal(margin, np.inf)
     order = np.argsort(margin, axis=1, kind="stable")[:, :k]
     rows = np.repeat(np.arange(n), order.shape[1])
