@@ -84,7 +84,7 @@ def test_cooccurrence_exact() -> None:
     co = cooccurrence(np.array([0, 0, 1, 2, 2]), np.array([1, 2, 2, 5, 6]), 4)
     expected = np.zeros((4, 4), bool)
     expected[0, 1] = expected[1, 0] = True
-    np.testing.assert_array_equal(co, expected)
+    np.testing.assert_array_equal(co.toarray(), expected)
 
 
 def _blob_views(n_id: int, tracks_per_id: int, crops: int, dim: int = 16, seed: int = 0, spread: float = 0.03):

@@ -146,7 +146,7 @@ def _vcn(data: ClusterData, cfgs: MethodConfigs, rounds: int | None) -> MethodRu
 
 Baseline = Callable[[ClusterData], NDArray[np.int64]]
 BASELINES: dict[str, Baseline] = {
-    "ahc": lambda d: ahc(d.track_emb, cannot_link=d.inputs.cannot_link),
+    "ahc": lambda d: ahc(d.track_emb, cannot_link=d.inputs.cannot_link.toarray()),
     "hdbscan": lambda d: hdbscan_labels(d.track_emb),
     "chinese_whispers": lambda d: chinese_whispers(d.track_emb),
     "finch": lambda d: finch_first_partition(d.track_emb),

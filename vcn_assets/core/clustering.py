@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from vcn_assets.core.config import ClusterConfig
@@ -110,11 +111,17 @@ class Constraints:
         return cls(np.arange(n, dtype=np.int64), np.zeros((n, n), bool))
 
 
-def _blocked_tracks(cannot_link: NDArray[np.bool_] | None, cfg: ClusterConfig, user: Constraints) -> NDArray[np.bool_]:
-    n = len(user.component)
-    co = cannot_link if cannot_link is not None and cfg.respect_cooccurrence else np.zeros((n, n), bool)
-    together = user.component[:, None] == user.component[None, :]
-    return (co & ~together) | user.cannot_link
+def _blocked_tracks(cannot_link: sp.spmatrix | NDArray[np.bool_] | None, cfg: ClusterConfig,
+                    user: Constraints) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """(rows, cols) of the track pairs that may never share a cluster: co-occurring tracks (unless
+    the reviewer must-linked them) and the reviewer's cannot-links."""
+    a, b = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if cannot_link is not None and cfg.respect_cooccurrence:
+        a, b = cannot_link.nonzero()
+        apart = user.component[a] != user.component[b]
+        a, b = a[apart], b[apart]
+    ua, ub = np.nonzero(user.cannot_link)
+    return np.concatenate([a, ua]).astype(np.int64), np.concatenate([b, ub]).astype(np.int64)
 
 
 def _cluster_blocked(blocked: tuple[NDArray[np.int64], NDArray[np.int64]], labels: NDArray[np.int64],
@@ -134,7 +141,7 @@ def _scores(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[np.int6
 
 
 def cluster_tracks(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[np.int64],
-                   cannot_link: NDArray[np.bool_] | None, cfg: ClusterConfig,
+                   cannot_link: sp.spmatrix | NDArray[np.bool_] | None, cfg: ClusterConfig,
                    user: Constraints | None = None) -> tuple[NDArray[np.int64], int]:
     """Cluster labels (T,) of the tracks, and the number of iterations run. ``cannot_link``: tracks
     sharing a frame; ``user``: the reviewer's links (must-linked tracks start in one cluster)."""
@@ -143,7 +150,7 @@ def cluster_tracks(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[
     labels = np.unique(user.component, return_inverse=True)[1].astype(np.int64)
     if labels.max(initial=-1) + 1 < 2:
         return labels, 0
-    blocked_tracks = np.nonzero(_blocked_tracks(cannot_link, cfg, user))
+    blocked_tracks = _blocked_tracks(cannot_link, cfg, user)
     for it in range(1, cfg.max_iterations + 1):
         n = int(labels.max()) + 1
         score, thr = _scores(crops, tracks, crop_track, labels)
@@ -177,7 +184,7 @@ class MergeSuggestions:
 
 
 def merge_suggestions(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[np.int64],
-                      labels: NDArray[np.int64], cannot_link: NDArray[np.bool_] | None, cfg: ClusterConfig,
+                      labels: NDArray[np.int64], cannot_link: sp.spmatrix | NDArray[np.bool_] | None, cfg: ClusterConfig,
                       user: Constraints | None = None, k: int = 3) -> MergeSuggestions:
     """Up to ``k`` nearest other clusters per cluster, leaving out pairs that may never merge
     (tracks sharing a frame, the reviewer's cannot-links)."""
@@ -188,7 +195,7 @@ def merge_suggestions(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArr
     score, thr = _scores(crops, tracks, crop_track, labels)
     thr_pair = np.maximum(thr[:, None], thr[None, :])
     margin = score - thr_pair
-    blocked = np.nonzero(_blocked_tracks(cannot_link, cfg, user or Constraints.none(len(tracks.p))))
+    blocked = _blocked_tracks(cannot_link, cfg, user or Constraints.none(len(tracks.p)))
     margin[_cluster_blocked(blocked, labels, n)] = np.inf
     np.fill_diagonal(margin, np.inf)
     order = np.argsort(margin, axis=1, kind="stable")[:, :k]

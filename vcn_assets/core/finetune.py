@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from numpy.typing import NDArray
 
@@ -37,17 +38,17 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TrainingSet:
     """Crops of the valid tracks: ``views`` (C, V, D), ``crop_track`` (C,) in 0..n_tracks-1,
-    ``cannot_link`` (T, T) bool (tracks sharing a frame)."""
+    ``cannot_link`` (T, T) bool, sparse or dense (tracks sharing a frame)."""
 
     views: NDArray[np.float32]
     crop_track: NDArray[np.int64]
     n_tracks: int
-    cannot_link: NDArray[np.bool_]
+    cannot_link: sp.spmatrix | NDArray[np.bool_]
     crops_of: list[NDArray[np.int64]] = field(default_factory=list)
 
     @classmethod
     def build(cls, views: NDArray[np.float32], crop_track: NDArray[np.int64], n_tracks: int,
-              cannot_link: NDArray[np.bool_]) -> TrainingSet:
+              cannot_link: sp.spmatrix | NDArray[np.bool_]) -> TrainingSet:
         if views.ndim != 3 or len(views) != len(crop_track):
             raise ValueError(f"views must be (C, V, D) with C = len(crop_track), got {views.shape}")
         order = np.argsort(crop_track, kind="stable")

@@ -42,40 +42,40 @@ from vcn_assets.core.finetune import FinetuneResult, TrainingSet, finetune
 from vcn_assets.core.progress import Progress
 
 
-def cooccurrence(track_of_box: NDArray[np.int64], frame_of_box: NDArray[np.int64], n_tracks: int) -> NDArray[np.bool_]:
-    """(T, T) True where two tracks have a box in the same frame."""
+def cooccurrence(track_of_box: NDArray[np.int64], frame_of_box: NDArray[np.int64], n_tracks: int) -> sp.csr_matrix:
+    """Sparse (T, T) bool, True where two tracks have a box in the same frame (a few pairs per track:
+    stored sparse so memory grows with the tracks, not their square)."""
     if len(track_of_box) == 0:
-        return np.zeros((n_tracks, n_tracks), bool)
+        return sp.csr_matrix((n_tracks, n_tracks), dtype=bool)
     frames, frame_idx = np.unique(frame_of_box, return_inverse=True)
     m = sp.csr_matrix((np.ones(len(track_of_box), np.float32), (track_of_box, frame_idx)), shape=(n_tracks, len(frames)))
-    a, b = (m @ m.T).nonzero()  # sparse product: no dense float (T, T) temporary
-    co = np.zeros((n_tracks, n_tracks), bool)
-    co[a, b] = True
-    np.fill_diagonal(co, False)
-    return co
+    a, b = (m @ m.T).nonzero()
+    off = a != b
+    return sp.csr_matrix((np.ones(int(off.sum()), bool), (a[off], b[off])), shape=(n_tracks, n_tracks))
 
 
 @dataclass(frozen=True)
 class ClusterInputs:
     """Valid tracks' crops: ``views`` (C, V, D), ``crop_track`` (C,) in 0..T-1, ``track_ids`` (T,) the
     original ids of the valid tracks, ``n_all`` tracks in total, ``valid_index`` (T,) their rows,
-    ``cannot_link`` (T, T)."""
+    ``cannot_link`` sparse (T, T) bool."""
 
     views: NDArray[np.float32]
     crop_track: NDArray[np.int64]
     valid_index: NDArray[np.int64]
     n_all: int
-    cannot_link: NDArray[np.bool_]
+    cannot_link: sp.csr_matrix
 
     @classmethod
     def from_stage1(cls, status: NDArray[np.str_], crop_track_row: NDArray[np.int64], views: NDArray[np.float32],
-                    cooccur_all: NDArray[np.bool_]) -> ClusterInputs:
-        """``status`` (T_all,), ``crop_track_row`` (C,) row of each crop's track, ``cooccur_all`` (T_all, T_all)."""
+                    cooccur_all: sp.spmatrix | NDArray[np.bool_]) -> ClusterInputs:
+        """``status`` (T_all,), ``crop_track_row`` (C,) row of each crop's track, ``cooccur_all`` (T_all, T_all)
+        bool, sparse (as :func:`cooccurrence` returns it) or dense."""
         valid_index = np.flatnonzero(status == VALID)
         remap = np.full(len(status), -1, np.int64)
         remap[valid_index] = np.arange(len(valid_index))
         keep = remap[crop_track_row] >= 0
-        cl = cooccur_all[np.ix_(valid_index, valid_index)]
+        cl = sp.csr_matrix(cooccur_all, dtype=bool)[valid_index][:, valid_index]
         return cls(views[keep], remap[crop_track_row[keep]], valid_index, len(status), cl)
 
 

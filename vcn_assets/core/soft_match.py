@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from vcn_assets.core.config import MatchConfig
@@ -126,7 +127,7 @@ def soft_match(
     emb: NDArray[np.float32],
     crop_track: NDArray[np.int64],
     n_tracks: int,
-    cannot_link: NDArray[np.bool_] | None,
+    cannot_link: sp.spmatrix | NDArray[np.bool_] | None,
     cfg: MatchConfig,
 ) -> SoftMatches:
     """All directed soft matches between ``n_tracks`` tracks from their crops' embeddings."""
@@ -146,13 +147,14 @@ def soft_match(
 
 
 def _match_block(mu: NDArray[np.float64], var: NDArray[np.float64], thr: NDArray[np.float64],
-                 cannot_link: NDArray[np.bool_] | None, lo: int, hi: int):
+                 cannot_link: sp.spmatrix | NDArray[np.bool_] | None, lo: int, hi: int):
     """Matches (a, b, log-pdf) with ``a`` in rows lo..hi: b's mean inside a's Normal."""
     scores = _log_pdf_matrix(mu, mu[lo:hi], var[lo:hi])  # (a - lo, b): b's mean under a's Normal
     ok = scores > thr[lo:hi, None]
     ok[np.arange(hi - lo), np.arange(lo, hi)] = False
     if cannot_link is not None:
-        ok &= ~cannot_link[lo:hi]
+        rows = cannot_link[lo:hi]
+        ok &= ~(rows.toarray() if sp.issparse(rows) else rows)
     a, b = np.nonzero(ok)
     return (a + lo).astype(np.int64), b.astype(np.int64), scores[a, b]
 
