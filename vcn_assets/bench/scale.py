@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def synthetic_inputs(n_tracks: int, shape: EpisodeShape, crops: int = 0, seed: i
     track_centre = centres[ident] + rng.normal(0, 0.25 / np.sqrt(DIM), (n_tracks, DIM)) * 4
     views = track_centre[crop_track][:, None, :] + rng.normal(0, 0.15 / np.sqrt(DIM), (len(crop_track), VIEWS, DIM)) * 4
     status = np.full(n_tracks, "valid", dtype="<U8")
-    co = np.zeros((n_tracks, n_tracks), bool)
+    co = sp.csr_matrix((n_tracks, n_tracks), dtype=bool)  # synthetic tracks never share a frame
     return ClusterInputs.from_stage1(status, crop_track, views.astype(np.float32), co), ident
 
 
