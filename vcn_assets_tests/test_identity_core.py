@@ -142,6 +142,15 @@ def test_soft_match_thresholds_are_the_mean_pdf_of_the_lowest_quarter() -> None:
     assert thr[3] == np.inf
 
 
+def test_soft_match_partners_are_both_directions_sorted_without_repeats() -> None:
+    from vcn_assets.core.soft_match import SoftMatches
+
+    m = SoftMatches(np.array([0, 2, 2, 3]), np.array([2, 0, 3, 0]), np.zeros(4), np.zeros(4))
+    got = m.partners(5)
+    assert [p.tolist() for p in got] == [[2, 3], [], [0, 3], [0, 2], []]
+    assert all(p.dtype == np.int64 for p in got)
+
+
 def test_soft_match_edge_cases() -> None:
     views, crop_track, _ = _blob_views(1, 1, 3)
     assert len(soft_match(views[:, 0], crop_track, 1, None, MatchConfig())) == 0

@@ -46,12 +46,11 @@ class SoftMatches:
         return len(self.track_a)
 
     def partners(self, n_tracks: int) -> list[NDArray[np.int64]]:
-        """For each track, the tracks matched in either direction."""
-        out: list[list[int]] = [[] for _ in range(n_tracks)]
-        for a, b in zip(self.track_a.tolist(), self.track_b.tolist()):
-            out[a].append(b)
-            out[b].append(a)
-        return [np.unique(np.asarray(p, np.int64)) for p in out]
+        """For each track, the tracks matched in either direction (sorted, without repeats)."""
+        a = np.concatenate([self.track_a, self.track_b]).astype(np.int64)
+        b = np.concatenate([self.track_b, self.track_a]).astype(np.int64)
+        key = np.unique(a * n_tracks + b)
+        return np.split(key % n_tracks, np.cumsum(np.bincount(key // n_tracks, minlength=n_tracks))[:-1])
 
 
 def whitener(emb: NDArray[np.float64], crop_track: NDArray[np.int64], ridge: float) -> NDArray[np.float64]:
