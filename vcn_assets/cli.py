@@ -9,6 +9,7 @@ Usage::
     vcn export KEY --out DIR      # CSV / JSON / offline HTML review page
     vcn export KEY... --out DIR   # clusters.csv, clusters.json, thumbs/ and index.html per movie
     vcn doctor [--repair]         # check the store, checkpoints and Dagster instance; safe repairs
+    vcn gpu-check                 # torch CUDA + onnxruntime CUDA provider, then bench-length on cuda (JSON)
 """
 
 from __future__ import annotations
@@ -189,6 +190,18 @@ def cmd_bench_length(args: argparse.Namespace) -> None:
     print(length_table(run_length_bench(args.minutes, args.backend, args.stages, args.cache, args.json, args.repeat)))
 
 
+def cmd_gpu_check(args: argparse.Namespace) -> None:
+    import json
+
+    from vcn_assets.bench.gpu_check import NoGpu, run_gpu_check
+
+    try:
+        report = run_gpu_check(args.backend, args.minutes, args.cache, args.json, args.repeat)
+    except NoGpu as exc:
+        raise SystemExit(f"vcn gpu-check: no usable GPU: {exc}") from None
+    print(json.dumps(report, indent=2))
+
+
 def cmd_bench_sensor(args: argparse.Namespace) -> None:
     from vcn_assets.bench.sensor_bench import run_sensor_bench
 
@@ -356,6 +369,17 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", type=Path, default=None)
     bn.add_argument("--repeat", type=int, default=1, metavar="N", help="runs per length; medians are reported")
     bn.set_defaults(fn=cmd_bench_length)
+    g = sub.add_parser("gpu-check", help="check torch/onnxruntime see the GPU, then time the pipeline on it (JSON)",
+                       description="Exits 1 with what is missing when torch sees no CUDA device, or when the "
+                                   "insightface backend is used and onnxruntime has no CUDAExecutionProvider. "
+                                   "Otherwise runs bench-length's measurement (Stages 1-4) with device=cuda.")
+    g.add_argument("--backend", default="auto", help="auto, insightface, dlib or fake")
+    g.add_argument("--minutes", type=int, nargs="+", default=[1], help="movie lengths (the 720p sample repeated)")
+    g.add_argument("--cache", type=Path, default=Path("data/bench_length"), metavar="DIR",
+                   help="where the generated movies are kept between runs (shared with bench-length)")
+    g.add_argument("--json", type=Path, default=None, help="also write the report to this file")
+    g.add_argument("--repeat", type=int, default=1, metavar="N", help="runs per length; medians are reported")
+    g.set_defaults(fn=cmd_gpu_check)
     bs = sub.add_parser("bench-sensor", help="time the new-movies sensor's tick on a folder of many movies")
     bs.add_argument("--movies", type=int, default=1000)
     bs.add_argument("--repeat", type=int, default=5)

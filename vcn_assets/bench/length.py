@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import queue
 import resource
 import statistics
 import time
@@ -63,7 +64,7 @@ def repeat_movie(src: Path, dst: Path, times: int) -> Path:
     return dst
 
 
-def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue) -> None:
+def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue, device: str = "auto") -> None:
     """In a fresh process: run the stages, put timings, counts and peak RSS on ``out``."""
     import numpy as np
 
@@ -73,7 +74,7 @@ def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue) 
     from vcn_assets.models.registry import build_models
 
     cfg = PipelineConfig()
-    models = build_models(ModelConfig(backend=backend), cfg.tracks.min_face_px, cfg.tracks.min_score,
+    models = build_models(ModelConfig(backend=backend, device=device), cfg.tracks.min_face_px, cfg.tracks.min_score,
                           cfg.tracks.detect_max_side)
     r = run_stage1(Path(movie), cfg, models)
     peaks = {"stage1": _peak_mb()}
@@ -88,7 +89,7 @@ def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue) 
         co = cooccurrence(np.asarray(box_row, np.int64), r.boxes.frame_idx, len(tids))
         inputs = ClusterInputs.from_stage1(r.tracks.status, np.asarray(crop_row, np.int64), r.crops.views, co)
         t0 = time.perf_counter()
-        ft_cfg = FinetuneConfig()
+        ft_cfg = FinetuneConfig(device=device)
         ft = adapt(inputs, ft_cfg, MatchConfig())
         peaks["stages1_3"] = _peak_mb()
         t1 = time.perf_counter()
@@ -120,14 +121,29 @@ def _rates(r: dict) -> dict:
     return {k: round(v, 2) for k, v in rates.items()}
 
 
-def _run_once(movie: Path, backend: str, stages: str) -> dict:
+def _run_once(movie: Path, backend: str, stages: str, device: str = "auto") -> dict:
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    p = ctx.Process(target=_measure, args=(str(movie), backend, stages, q))
+    p = ctx.Process(target=_measure, args=(str(movie), backend, stages, q, device))
     p.start()
-    report = q.get()
+    report = _report_of(p, q)
     p.join()
     return report
+
+
+def _report_of(p: multiprocessing.Process, q: multiprocessing.Queue) -> dict:
+    """The measuring process's report; an error (not a hang) when it exits without one."""
+    while True:
+        try:
+            return q.get(timeout=1.0)
+        except queue.Empty:
+            if p.is_alive():
+                continue
+        try:  # it exited: anything it put is readable now
+            return q.get(timeout=5.0)
+        except queue.Empty:
+            raise RuntimeError(f"the measuring process exited with status {p.exitcode} before reporting "
+                               "(its traceback is above)") from None
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -140,9 +156,10 @@ def _median_run(runs: list[dict]) -> dict:
 
 
 def run_length_bench(minutes: list[int], backend: str, stages: str, cache: Path, json_out: Path | None,
-                     repeat: int = 1, base: Path | None = None) -> list[dict]:
+                     repeat: int = 1, base: Path | None = None, device: str = "auto") -> list[dict]:
     """One report per length (median of ``repeat`` fresh-process runs); ``base``: the movie to
-    repeat (default: the generated one-minute 720p sample)."""
+    repeat (default: the generated one-minute 720p sample); ``device``: the face models' and Stage 2's
+    (``auto``, ``cpu``, ``cuda``)."""
     cache.mkdir(parents=True, exist_ok=True)
     base = base or base_movie(cache)
     results = []
@@ -150,8 +167,8 @@ def run_length_bench(minutes: list[int], backend: str, stages: str, cache: Path,
         movie = cache / f"{base.stem}_x{m}.mp4"
         if not movie.exists():
             repeat_movie(base, movie, m)
-        report = {"minutes": m, "backend": backend, "repeat": repeat,
-                  **_median_run([_run_once(movie, backend, stages) for _ in range(repeat)])}
+        report = {"minutes": m, "backend": backend, "device": device, "repeat": repeat,
+                  **_median_run([_run_once(movie, backend, stages, device) for _ in range(repeat)])}
         report["rates"] = _rates(report)
         results.append(report)
         if json_out:

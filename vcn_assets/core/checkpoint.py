@@ -54,13 +54,19 @@ def content_digest(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> st
     return h.hexdigest()
 
 
+def _recorded_config(cfg: dict) -> dict:
+    """The config written into the file, without ``device``: where the weights were trained is not part
+    of what they are, so the same weights keep the same content hash (GPU-trained weights differ anyway)."""
+    return {k: v for k, v in cfg.items() if k != "device"}
+
+
 def save_checkpoint(path: Path, result: FinetuneResult, in_dim: int, cfg: FinetuneConfig) -> str:
     """Write atomically; returns the checkpoint's content hash (:func:`content_digest`)."""
     from dataclasses import asdict
 
     from safetensors.torch import save_file
 
-    meta = {"format": FORMAT, "in_dim": str(in_dim), "config": json.dumps(asdict(cfg)),
+    meta = {"format": FORMAT, "in_dim": str(in_dim), "config": json.dumps(_recorded_config(asdict(cfg))),
             "rounds": json.dumps(result.rounds), "losses": json.dumps([round(x, 5) for x in result.losses])}
     tmp = path.with_name(path.name + ".tmp")
     tensors = _tensors(result)

@@ -200,6 +200,15 @@ class FinetuneConfig:
         "dropout samples): Gaussian noise of this std on the unit-norm backbone embedding.",
     )
     seed: int = knob(0, "Seed of initialisation and sampling: the checkpoint is deterministic per seed.")
+    device: str = knob(
+        "auto",
+        "Where Stage 2 trains (and embeds for its between-round soft matching): 'auto' (CUDA when torch "
+        "sees a GPU), 'cpu' or 'cuda' ('cuda' on a machine without one fails the step). The networks are "
+        "small (an adapter and a head over stored embeddings), so a GPU pays off mainly for movies with "
+        "many tracks. Initialisation and sampling stay on the CPU, "
+        "but CUDA kernels round differently: a GPU-trained checkpoint is close to, not byte-identical "
+        "with, a CPU-trained one. The returned networks, and Stages 3-4, are on the CPU.",
+    )
 
 
 @dataclass(frozen=True)

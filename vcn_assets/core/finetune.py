@@ -11,6 +11,9 @@ Round r trains for ``steps_per_round`` steps on pairs of crops of one track (tem
 from round 2 a pair's second crop comes, with probability ``match_prob``, from a track that the
 previous round soft-matched. Each crop is seen through one of its stored augmented views (mirror /
 jitter, or dropout samples) plus light feature noise. The teacher is an EMA of the student.
+
+Training runs on ``cfg.device`` (``core/devices.py``); initialisation and every random draw happen on
+the CPU either way, and the returned networks are moved back to the CPU.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from numpy.typing import NDArray
 
 from vcn_assets.core.adaptation import AdaptNet, DINOLoss
 from vcn_assets.core.config import FinetuneConfig, MatchConfig
+from vcn_assets.core.devices import resolve_device
 from vcn_assets.core.progress import Progress, ProgressCounter
 from vcn_assets.core.soft_match import SoftMatches, flatten_views, soft_match
 
@@ -87,11 +91,12 @@ def _sample_pairs(data: TrainingSet, partners: list[NDArray[np.int64]] | None, c
     return first, second
 
 
-def _views(data: TrainingSet, crops: NDArray[np.int64], cfg: FinetuneConfig, rng: np.random.Generator) -> torch.Tensor:
+def _views(data: TrainingSet, crops: NDArray[np.int64], cfg: FinetuneConfig, rng: np.random.Generator,
+           device: str) -> torch.Tensor:
     v = data.views[crops, rng.integers(0, data.views.shape[1], len(crops))]
     v = v / np.linalg.norm(v, axis=1, keepdims=True)
     v = v + rng.normal(0.0, cfg.feature_noise, v.shape).astype(np.float32)
-    return torch.from_numpy(v.astype(np.float32))
+    return torch.from_numpy(v.astype(np.float32)).to(device)  # drawn on the CPU, so any device sees the same
 
 
 def _train_round(state: dict, data: TrainingSet, partners: list[NDArray[np.int64]] | None,
@@ -102,7 +107,7 @@ def _train_round(state: dict, data: TrainingSet, partners: list[NDArray[np.int64
         frozen = first_round and step < cfg.warmup_steps
         student.adapter.requires_grad_(not frozen)
         a, b = _sample_pairs(data, partners, cfg, rng)
-        x1, x2 = _views(data, a, cfg, rng), _views(data, b, cfg, rng)
+        x1, x2 = _views(data, a, cfg, rng, state["device"]), _views(data, b, cfg, rng, state["device"])
         s1, s2 = student(x1), student(x2)
         with torch.no_grad():
             t1, t2 = teacher(x1), teacher(x2)
@@ -125,9 +130,13 @@ EMBED_BATCH = 4096  # rows embedded at once: bounds the MLP's activations whatev
 
 
 def student_embeddings(net: AdaptNet, x: NDArray[np.float32]) -> NDArray[np.float32]:
+    """``net``'s embeddings of ``x`` (N, D), computed on the device ``net`` is on, in batches of
+    ``EMBED_BATCH`` rows."""
     x = np.ascontiguousarray(x, np.float32)
+    device = net.input_mean.device
     with torch.no_grad():
-        parts = [net.embed(torch.from_numpy(x[i:i + EMBED_BATCH])).numpy() for i in range(0, max(len(x), 1), EMBED_BATCH)]
+        parts = [net.embed(torch.from_numpy(x[i:i + EMBED_BATCH]).to(device)).cpu().numpy()
+                 for i in range(0, max(len(x), 1), EMBED_BATCH)]
     return np.concatenate(parts)
 
 
@@ -156,15 +165,18 @@ def finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
 def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
               progress: Progress | None = None) -> FinetuneResult:
     rng = np.random.default_rng(cfg.seed)
+    device = resolve_device(cfg.device)
+    log.info("finetuning on %s (device %r)", device, cfg.device)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        student = AdaptNet(data.views.shape[2], cfg)
+        student = AdaptNet(data.views.shape[2], cfg)  # initialised on the CPU, so any device starts alike
     if len(data.views):
         student.set_input_mean(torch.from_numpy(data.views[:, 0]))
+    student.to(device)
     teacher = copy.deepcopy(student).requires_grad_(False)
-    loss_fn = DINOLoss(cfg.out_dim, cfg)
+    loss_fn = DINOLoss(cfg.out_dim, cfg).to(device)
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state = {"student": student, "teacher": teacher, "loss": loss_fn, "opt": opt, "step": 0,
+    state = {"student": student, "teacher": teacher, "loss": loss_fn, "opt": opt, "step": 0, "device": device,
              "ema": _ema_schedule(cfg, cfg.rounds * cfg.steps_per_round),
              "progress": ProgressCounter(cfg.rounds * cfg.steps_per_round if data.n_tracks else 0, progress)}
     losses, rounds, matches = [], [], []
@@ -181,4 +193,4 @@ def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
                        "n_matches": len(m)})
         log.info("round %d: loss %.4f, %d soft matches", r, rounds[-1]["final_loss"], len(m))
     state["progress"].finish()
-    return FinetuneResult(student, teacher, loss_fn, losses, rounds, matches)
+    return FinetuneResult(student.cpu(), teacher.cpu(), loss_fn.cpu(), losses, rounds, matches)

@@ -104,11 +104,9 @@ def build_models(
 
 
 def _device(cfg: ModelConfig) -> str:
-    if cfg.device != "auto":
-        return cfg.device
-    import torch
+    from vcn_assets.core.devices import resolve_device
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return resolve_device(cfg.device)
 
 
 def _providers(cfg: ModelConfig) -> tuple[str, ...]:

@@ -19,6 +19,7 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG  # the tag D
 from vcn_assets.core.checkpoint import CheckpointError
 from vcn_assets.core.config import CropConfig, ShotConfig, TrackConfig, VideoConfig, describe
 from vcn_assets.core.crops import UNKNOWN, VALID, extract_crops, quality_cut, summarise_tracks
+from vcn_assets.core.devices import DeviceError
 from vcn_assets.core.plots import markdown_image, quality_histogram, timeline
 from vcn_assets.core.shots import detect_shots
 from vcn_assets.core.tracking import track_faces
@@ -26,6 +27,7 @@ from vcn_assets.core.video import VideoError, VideoInfo, content_hash, probe
 from vcn_assets.models.base import ModelFileError
 from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
 from vcn_assets.orchestration.checks import embeddings_finite, with_checks, with_metadata
+from vcn_assets.orchestration.k8s import k8s_op_tags
 from vcn_assets.orchestration.partitions import MOVIES
 from vcn_assets.orchestration.progress import step_progress
 from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
@@ -44,7 +46,8 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can act on into a one-line Dagster failure naming the file."""
     try:
         yield
-    except (VideoError, StoreError, CheckpointError, ModelFileError, FileNotFoundError, PermissionError) as exc:
+    except (VideoError, StoreError, CheckpointError, ModelFileError, DeviceError, FileNotFoundError,
+            PermissionError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
@@ -80,7 +83,8 @@ def movie_file(context: dg.OpExecutionContext, vcn: VcnResource) -> dg.DataVersi
     return dg.DataVersionsByPartition({})
 
 
-@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[movie_file], code_version=CODE_VERSIONS["shots"])
+@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[movie_file], code_version=CODE_VERSIONS["shots"],
+          op_tags=k8s_op_tags("shots"))
 def shots(context: dg.AssetExecutionContext, config: ShotsRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Cut detection (PySceneDetect) over the whole movie; also records the movie's probe."""
     key = context.partition_key
@@ -105,7 +109,8 @@ def shots(context: dg.AssetExecutionContext, config: ShotsRun, vcn: VcnResource)
         return materialize_stage(context, vcn, stage, compute, extra_inputs={"movie_file": digest})
 
 
-@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[shots], code_version=CODE_VERSIONS["tracks"])
+@dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[shots], code_version=CODE_VERSIONS["tracks"],
+          op_tags=k8s_op_tags("tracks"))
 def tracks(context: dg.AssetExecutionContext, config: TracksRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Face detection on a frame stride + IoU/appearance Hungarian tracking within shots."""
     key = context.partition_key
@@ -129,6 +134,7 @@ def tracks(context: dg.AssetExecutionContext, config: TracksRun, vcn: VcnResourc
 
 
 @dg.asset(partitions_def=MOVIES, group_name=STAGE1, deps=[tracks], code_version=CODE_VERSIONS["crops"],
+          op_tags=k8s_op_tags("crops"),
           check_specs=[dg.AssetCheckSpec("embeddings_finite", asset="crops", description=(
               "Every stored embedding and SER-FIQ view is finite and all have one dimension."))])
 def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource) -> dg.MaterializeResult:

@@ -1,16 +1,21 @@
-"""The pipeline job and the new-movie sensor.
+"""The pipeline jobs and the new-movie sensor.
 
 Usage: enable ``new_movies_sensor`` in the UI (or ``dagster dev`` with it running): each new file in
-the movies folder becomes a partition and one run of ``vcn_pipeline`` for it.
+the movies folder becomes a partition and one run of the pipeline for it: ``vcn_pipeline`` (every
+step in the run's own process), or ``vcn_pipeline_dask`` (every step a task on a Dask cluster, see
+``executors.py``) when ``$VCN_DASK_SCHEDULER`` is set where the definitions load.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 
 import dagster as dg
+from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
+from vcn_assets.orchestration.executors import DASK_SCHEDULER_ENV, vcn_dask_executor
 from vcn_assets.orchestration.partitions import MOVIES, discover
 from vcn_assets.orchestration.resources import VcnResource
 
@@ -22,11 +27,26 @@ vcn_pipeline = dg.define_asset_job(
     description="All per-movie stages for one movie partition.",
 )
 
+vcn_pipeline_dask = dg.define_asset_job(
+    "vcn_pipeline_dask",
+    selection=dg.AssetSelection.assets(*PIPELINE_ASSETS),
+    executor_def=vcn_dask_executor,
+    description=(f"vcn_pipeline with each step a task on a Dask cluster: the scheduler address from the run "
+                 f"config's execution.config.address, else ${DASK_SCHEDULER_ENV}."),
+)
+
+
+def automation_job(environ: Mapping[str, str] = os.environ) -> UnresolvedAssetJobDefinition:
+    """The job the sensor and the schedule launch: ``vcn_pipeline_dask`` when ``$VCN_DASK_SCHEDULER``
+    is set (to anything) where the definitions load, else ``vcn_pipeline``. Both jobs are always
+    defined, so a Dask worker rebuilds either whatever its own environment says."""
+    return vcn_pipeline_dask if environ.get(DASK_SCHEDULER_ENV) else vcn_pipeline
+
 
 SENSOR_LOG_MOVIES = 20  # new movies named in the sensor's log line
 
 
-@dg.sensor(job=vcn_pipeline, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
+@dg.sensor(job=automation_job(), minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING)
 def new_movies_sensor(context: dg.SensorEvaluationContext, vcn: VcnResource) -> dg.SensorResult:
     """Adds every new movie file as a partition and requests one run for it."""
     found = discover(vcn.movies_path)
@@ -85,7 +105,7 @@ def stale_movies(vcn: VcnResource, keys: list[str]) -> list[str]:
 
 
 @dg.schedule(
-    job=vcn_pipeline,
+    job=automation_job(),
     cron_schedule=os.environ.get("VCN_SCHEDULE_CRON", "0 3 * * *"),
     default_status=dg.DefaultScheduleStatus.STOPPED,
     description="Daily (cron from $VCN_SCHEDULE_CRON): one run per movie that is missing or unsynced.",

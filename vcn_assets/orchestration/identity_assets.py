@@ -34,6 +34,7 @@ from vcn_assets.core.tracking import TrackBoxes
 from vcn_assets.orchestration.assets import crops, user_errors
 from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
 from vcn_assets.orchestration.checks import with_checks, with_metadata
+from vcn_assets.orchestration.k8s import k8s_op_tags
 from vcn_assets.orchestration.partitions import MOVIES
 from vcn_assets.orchestration.progress import step_progress
 from vcn_assets.orchestration.resources import VcnResource, config_class, to_core
@@ -128,7 +129,8 @@ def _checkpoint_frames(key: str, path: Path, digest: str, inputs: ClusterInputs,
     }
 
 
-@dg.asset(partitions_def=MOVIES, group_name=STAGE2, deps=[crops], code_version=CODE_VERSIONS["finetuned_checkpoint"])
+@dg.asset(partitions_def=MOVIES, group_name=STAGE2, deps=[crops], code_version=CODE_VERSIONS["finetuned_checkpoint"],
+          op_tags=k8s_op_tags("finetuned_checkpoint"))
 def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun, vcn: VcnResource) -> dg.MaterializeResult:
     """DINO-style student/teacher adaptation to this movie's tracks, alternating with soft matching."""
     key = context.partition_key
@@ -160,7 +162,8 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
         return with_metadata(result, {"loss_curve": dg.MetadataValue.md(markdown_image(png, "finetuning loss"))})
 
 
-@dg.asset(partitions_def=MOVIES, group_name=STAGE3, deps=[finetuned_checkpoint], code_version=CODE_VERSIONS["soft_matches"])
+@dg.asset(partitions_def=MOVIES, group_name=STAGE3, deps=[finetuned_checkpoint], code_version=CODE_VERSIONS["soft_matches"],
+          op_tags=k8s_op_tags("soft_matches"))
 def soft_matches(context: dg.AssetExecutionContext, config: MatchRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Per-track Normals of the finetuned student's embeddings; matched pairs of every round."""
     key = context.partition_key
@@ -188,6 +191,7 @@ CLUSTER_CHECKS = ("every_valid_track_in_one_cluster", "no_empty_cluster", "corre
 
 
 @dg.asset(partitions_def=MOVIES, group_name=STAGE4, deps=[soft_matches], code_version=CODE_VERSIONS["clusters"],
+          op_tags=k8s_op_tags("clusters"),
           check_specs=[dg.AssetCheckSpec(c, asset="clusters") for c in CLUSTER_CHECKS])
 def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnResource) -> dg.MaterializeResult:
     """Stage 4: iterative merging with the learnt metric, honouring the reviewer's corrections
@@ -372,6 +376,7 @@ def score_check(report: dict | None) -> dg.AssetCheckResult:
 
 
 @dg.asset(partitions_def=MOVIES, group_name=STAGE4, deps=[clusters], code_version=CODE_VERSIONS["evaluation"],
+          op_tags=k8s_op_tags("evaluation"),
           check_specs=[dg.AssetCheckSpec("ground_truth_scores", asset="evaluation")])
 def evaluation(context: dg.AssetExecutionContext, vcn: VcnResource) -> dg.MaterializeResult:
     """WCP / PCR / NMI / pairwise and B-cubed F of the clusters when ground truth exists beside the movie."""
