@@ -8,6 +8,7 @@ wrong file (a one-line ``dg.Failure``). The path lookups are monkeypatched to te
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -93,14 +94,16 @@ def test_dlib_package_missing(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @needs_weights
-@pytest.mark.parametrize("how", ["garbage", "truncated"])
-def test_dlib_model_wrong(how: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("runtime", dlib_backend.RUNTIMES)
+@pytest.mark.parametrize("how", ["garbage", "truncated", "tail cut"])
+def test_dlib_model_wrong(how: str, runtime: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / dlib_backend.RESNET_FILE
     real = dlib_backend.models_dir() / dlib_backend.RESNET_FILE
-    bad.write_bytes(os.urandom(5000) if how == "garbage" else real.read_bytes()[:100_000])
+    cut = {"garbage": b"", "truncated": real.read_bytes()[:100_000], "tail cut": real.read_bytes()[:-2_000]}[how]
+    bad.write_bytes(cut or os.urandom(5000))
     monkeypatch.setattr(dlib_backend, "models_dir", lambda: tmp_path)
     with pytest.raises(ModelFileError) as err:
-        build_models(DLIB)
+        build_models(dataclasses.replace(DLIB, dlib_runtime=runtime))
     text = _one_line(err)
     assert text.startswith(f"{bad}: not dlib's face descriptor model") and "--force-reinstall" in text
 

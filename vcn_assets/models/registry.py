@@ -9,7 +9,7 @@ Usage::
 Backends:
 - ``insightface``: SCRFD detector + ArcFace recogniser from a local model pack (never downloaded).
 - ``dlib``: the offline default. MTCNN detector (weights from the facenet-pytorch wheel) + dlib's
-  ResNet 128-d descriptor (face-recognition-models). MTCNN was chosen by measurement: on
+  ResNet 128-d descriptor (face-recognition-models), run in torch from dlib's own file by default. MTCNN was chosen by measurement: on
   ``tbbt_s01e01_open`` it finds far more of the small faces of wide shots than dlib's HOG detector.
 - ``fake``: deterministic and fast, for unit tests.
 - ``auto``: ``insightface`` when a pack is found locally, else ``dlib``.
@@ -51,7 +51,8 @@ def _build_dlib(cfg: ModelConfig, min_face_px: int, min_score: float, max_side: 
         device=_device(cfg),
     )
     detector = MTCNNDetector(det_cfg, num_threads=_threads(cfg))
-    embedder = DlibEmbedder(workers=cfg.embed_workers or os.cpu_count() or 1)
+    embedder = DlibEmbedder(workers=cfg.embed_workers or os.cpu_count() or 1, runtime=cfg.dlib_runtime,
+                            device=det_cfg.device)
     identity = {"backend": "dlib", "detector": "mtcnn(facenet-pytorch weights)", **embedder.identity()}
     return FaceModels("dlib", detector, embedder, identity)
 

@@ -31,6 +31,8 @@ class VcnResource(dg.ConfigurableResource):
     insightface_pack: str = pydantic.Field(default="", description="Local SCRFD+ArcFace model pack folder.")
     device: str = pydantic.Field(default="auto", description="auto, cpu or cuda.")
     num_threads: int = pydantic.Field(default=0, description="CPU threads for torch/ONNX; 0 = all.")
+    dlib_runtime: str = pydantic.Field(
+        default="torch", description="dlib backend: 'torch' (dlib's network in torch, default) or 'dlib' (its C++).")
     force: bool = pydantic.Field(default=False, description="Recompute even when the stored result's fingerprint matches.")
 
     @property
@@ -54,7 +56,7 @@ class VcnResource(dg.ConfigurableResource):
     def face_model_config(self) -> ModelConfig:
         return ModelConfig(
             backend=self.backend, insightface_pack=self.insightface_pack, device=self.device,
-            num_threads=self.num_threads,
+            num_threads=self.num_threads, dlib_runtime=self.dlib_runtime,
         )
 
     def model_identity(self) -> dict:
