@@ -50,7 +50,7 @@ def run_stage1(path: Path, cfg: PipelineConfig, models: FaceModels) -> Stage1Res
     shots = detect_shots(info, cfg.shots)
     seconds["shots"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    boxes = track_faces(info, shots, models.detector, cfg.tracks)
+    boxes = track_faces(info, shots, models.detector, cfg.tracks, workers=models.detect_workers)
     seconds["tracks"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     crops = extract_crops(info, boxes, models, cfg.crops)

@@ -14,6 +14,9 @@ most likely already (still) visible between the detection frames.
 from __future__ import annotations
 
 import logging
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import cv2
@@ -22,6 +25,7 @@ from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 
 from vcn_assets.core.config import TrackConfig
+from vcn_assets.core.devices import threads_per_worker
 from vcn_assets.core.progress import Progress, ProgressCounter
 from vcn_assets.core.shots import Shots
 from vcn_assets.core.video import VideoInfo, iter_frames
@@ -160,23 +164,28 @@ def detection_frames(shots: Shots, stride: int) -> NDArray[np.int64]:
 
 
 def track_faces(
-    info: VideoInfo, shots: Shots, detector: FaceDetector, cfg: TrackConfig, progress: Progress | None = None
+    info: VideoInfo, shots: Shots, detector: FaceDetector, cfg: TrackConfig, progress: Progress | None = None,
+    workers: int = 1,
 ) -> TrackBoxes:
     """Detect on a stride of frames, track within each shot, interpolate between detections.
 
     ``progress(done, total)`` counts the detection frames processed (total = all of them).
+    ``workers`` > 1 runs the detector on that many frames at once (threads, each with an equal share
+    of torch's CPU threads); tracking still sees the frames in order, so the result does not depend
+    on it beyond float rounding.
     """
     wanted = detection_frames(shots, cfg.detect_stride)
     counter = ProgressCounter(len(wanted), progress)
     tracker = ShotTracker(cfg)
     tracks: list[tuple[_Track, int]] = []
     shot = 0
-    for frame_idx, frame_bgr in iter_frames(info.path, frames=set(wanted.tolist())):
+    frames = iter_frames(info.path, frames=set(wanted.tolist()))
+    for frame_idx, frame_bgr, found in detect_ahead(frames, detector, workers):
         new_shot = int(shots.shot_of(frame_idx))
         if new_shot != shot:
             tracks += [(t, shot) for t in tracker.reset()]
             shot = new_shot
-        dets = _filter(detector.detect(frame_bgr), cfg)
+        dets = _filter(found, cfg)
         tracker.update(frame_idx, dets, appearance(frame_bgr, dets.xyxy))
         counter.advance()
     counter.finish()
@@ -184,6 +193,27 @@ def track_faces(
     half = cfg.detect_stride // 2
     rows = [_densify(t, int(shots.start_frame[s]), int(shots.end_frame[s]), half) for t, s in tracks]
     return _renumber(_concat(rows))
+
+
+def detect_ahead(
+    frames: Iterator[tuple[int, NDArray[np.uint8]]], detector: FaceDetector, workers: int
+) -> Iterator[tuple[int, NDArray[np.uint8], Detections]]:
+    """``(frame_idx, frame, detections)`` in frame order; with ``workers`` > 1 up to ``2 * workers``
+    frames are decoded ahead and detected concurrently (decoding and torch release the GIL)."""
+    if workers <= 1:
+        for idx, frame in frames:
+            yield idx, frame, detector.detect(frame)
+        return
+    with threads_per_worker(workers), ThreadPoolExecutor(workers, thread_name_prefix="detect") as pool:
+        pending: deque[tuple[int, NDArray[np.uint8], Future[Detections]]] = deque()
+        for idx, frame in frames:
+            pending.append((idx, frame, pool.submit(detector.detect, frame)))
+            if len(pending) >= 2 * workers:
+                i, f, fut = pending.popleft()
+                yield i, f, fut.result()
+        while pending:
+            i, f, fut = pending.popleft()
+            yield i, f, fut.result()
 
 
 def _filter(dets: Detections, cfg: TrackConfig) -> Detections:

@@ -132,6 +132,7 @@ class FaceModels:
     detector: FaceDetector
     embedder: FaceEmbedder
     identity: dict[str, Any] = field(default_factory=dict)
+    detect_workers: int = 1  # frames detected at once by track_faces (threads); see ModelConfig
 
     @property
     def stochastic(self) -> StochasticEmbedder | None:

@@ -17,6 +17,7 @@ Backends:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -54,7 +55,8 @@ def _build_dlib(cfg: ModelConfig, min_face_px: int, min_score: float, max_side: 
     embedder = DlibEmbedder(workers=cfg.embed_workers or os.cpu_count() or 1, runtime=cfg.dlib_runtime,
                             device=det_cfg.device)
     identity = {"backend": "dlib", "detector": "mtcnn(facenet-pytorch weights)", **embedder.identity()}
-    return FaceModels("dlib", detector, embedder, identity)
+    workers = cfg.detect_workers or (1 if det_cfg.device != "cpu" else os.cpu_count() or 1)
+    return FaceModels("dlib", detector, embedder, identity, detect_workers=workers)
 
 
 def _build_insightface(cfg: ModelConfig, min_face_px: int, min_score: float, max_side: int) -> FaceModels:
@@ -68,7 +70,8 @@ def _build_insightface(cfg: ModelConfig, min_face_px: int, min_score: float, max
         num_threads=cfg.num_threads,
         serfiq_dropout=cfg.serfiq_dropout,
     )
-    return ib.build_insightface_models(icfg)
+    models = ib.build_insightface_models(icfg)
+    return dataclasses.replace(models, detect_workers=cfg.detect_workers or 1)
 
 
 BACKENDS: dict[str, Callable[[ModelConfig, int, float, int], FaceModels]] = {

@@ -120,7 +120,8 @@ def tracks(context: dg.AssetExecutionContext, config: TracksRun, vcn: VcnResourc
         info = _info_from_store(vcn, key)
         found_shots = tables.shots_from(vcn.store().read("shots", key))
         models = vcn.models(cfg)
-        boxes = track_faces(info, found_shots, models.detector, cfg, progress=step_progress(context, "tracks", "frames"))
+        boxes = track_faces(info, found_shots, models.detector, cfg, progress=step_progress(context, "tracks", "frames"),
+                            workers=models.detect_workers)
         frames = {"track_boxes": tables.boxes_frame(key, boxes), "tracks": tables.tracks_frame(key, boxes, found_shots)}
         return Computed(frames, {
             "n_tracks": boxes.n_tracks, "n_boxes": len(boxes), "n_detections": int(boxes.detected.sum()),

@@ -31,6 +31,8 @@ class VcnResource(dg.ConfigurableResource):
     insightface_pack: str = pydantic.Field(default="", description="Local SCRFD+ArcFace model pack folder.")
     device: str = pydantic.Field(default="auto", description="auto, cpu or cuda.")
     num_threads: int = pydantic.Field(default=0, description="CPU threads for torch/ONNX; 0 = all.")
+    detect_workers: int = pydantic.Field(
+        default=0, description="Frames detected at once (threads); 0 = one per core on the CPU (dlib backend).")
     dlib_runtime: str = pydantic.Field(
         default="torch", description="dlib backend: 'torch' (dlib's network in torch, default) or 'dlib' (its C++).")
     force: bool = pydantic.Field(default=False, description="Recompute even when the stored result's fingerprint matches.")
@@ -56,7 +58,8 @@ class VcnResource(dg.ConfigurableResource):
     def face_model_config(self) -> ModelConfig:
         return ModelConfig(
             backend=self.backend, insightface_pack=self.insightface_pack, device=self.device,
-            num_threads=self.num_threads, dlib_runtime=self.dlib_runtime,
+            num_threads=self.num_threads, detect_workers=self.detect_workers,
+            dlib_runtime=self.dlib_runtime,
         )
 
     def model_identity(self) -> dict:
