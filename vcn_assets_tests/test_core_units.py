@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,18 @@ import pytest
 from vcn_assets.core.align import align_faces, similarity_transform
 from vcn_assets.core.config import CropConfig, ModelConfig, ShotConfig, TrackConfig
 from vcn_assets.core.crops import NO_CROPS, UNKNOWN, VALID, sample_rows, size_filter, summarise_tracks
+from vcn_assets.core.devices import threads_per_worker
 from vcn_assets.core.pipeline import PipelineConfig, run_stage1
 from vcn_assets.core.quality import frontalness, mad_outliers, serfiq_quality
 from vcn_assets.core.shots import Shots, detect_shots
-from vcn_assets.core.tracking import ShotTracker, TrackBoxes, detection_frames, iou_matrix, track_faces
+from vcn_assets.core.tracking import (
+    ShotTracker,
+    TrackBoxes,
+    detect_ahead,
+    detection_frames,
+    iou_matrix,
+    track_faces,
+)
 from vcn_assets.core.video import probe
 from vcn_assets.models.base import ARCFACE_ALIGNMENT, ARCFACE_TEMPLATE_112, Detections
 from vcn_assets.models.fake import FakeDetector
@@ -196,3 +205,39 @@ def test_contact_sheet_layout() -> None:
     assert sheet[10, 10, 2] > 200 and sheet[30, 30, 2] < 60  # row 2 has one crop; the rest is background
     with pytest.raises(ValueError, match="at least one row"):
         contact_sheet([])
+
+
+class _SlowEarlyFrames(FakeDetector):
+    """Earlier frames take longer, so threads finish out of order."""
+
+    def detect(self, frame_bgr: np.ndarray) -> Detections:
+        time.sleep(0.02 * (int(frame_bgr[0, 0, 0]) % 3))
+        return super().detect(frame_bgr)
+
+
+def test_detect_ahead_keeps_frame_order_and_results() -> None:
+    frames = [(i, np.full((8, 8, 3), i, np.uint8)) for i in range(10)]
+    seq = list(detect_ahead(iter(frames), _SlowEarlyFrames(), 1))
+    par = list(detect_ahead(iter(frames), _SlowEarlyFrames(), 3))
+    assert [i for i, _, _ in par] == list(range(10))
+    for (_, f1, d1), (_, f2, d2) in zip(seq, par):
+        assert f1 is f2 or np.array_equal(f1, f2)
+        np.testing.assert_array_equal(d1.xyxy, d2.xyxy)
+
+
+def test_track_faces_same_tracks_with_detector_threads(blob_movie: Path) -> None:
+    info = probe(blob_movie)
+    shots = detect_shots(info, ShotConfig())
+    one = track_faces(info, shots, FakeDetector(), TrackConfig(detect_stride=3), workers=1)
+    many = track_faces(info, shots, FakeDetector(), TrackConfig(detect_stride=3), workers=3)
+    for name in ("track_id", "frame_idx", "xyxy", "detected"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(many, name))
+
+
+def test_threads_per_worker_splits_and_restores() -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    with threads_per_worker(before + 5):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
