@@ -129,6 +129,19 @@ def test_soft_match_row_blocks_give_the_same_matches(monkeypatch: pytest.MonkeyP
         assert np.array_equal(getattr(whole, field), getattr(blocks, field))
 
 
+def test_soft_match_keeps_each_tracks_best_matches_up_to_the_cap() -> None:
+    views, crop_track, ident = _blob_views(2, 12, 8)
+    n = len(ident)
+    free = soft_match(views[:, 0], crop_track, n, None, MatchConfig(max_matches_per_track=0))
+    capped = soft_match(views[:, 0], crop_track, n, None, MatchConfig(max_matches_per_track=3))
+    per_track = np.bincount(free.track_a, minlength=n)
+    assert per_track.max() > 3  # the cap binds
+    assert np.bincount(capped.track_a, minlength=n).max() <= 3
+    for t in range(n):  # each track keeps exactly its min(3, all) highest log-pdfs
+        mine = np.sort(free.log_pdf[free.track_a == t])[::-1][:3]
+        np.testing.assert_array_equal(np.sort(capped.log_pdf[capped.track_a == t])[::-1], mine)
+
+
 def test_soft_match_thresholds_are_the_mean_pdf_of_the_lowest_quarter() -> None:
     from scipy.special import logsumexp
 

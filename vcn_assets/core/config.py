@@ -249,6 +249,13 @@ class MatchConfig:
     low_quantile: float = knob(
         0.25, "Track threshold = mean pdf of its lowest-scoring share of own crops (paper: lowest 25%)."
     )
+    max_matches_per_track: int = knob(
+        50,
+        "Each track keeps at most its this many best matches (largest log-pdf above its threshold). "
+        "Without a cap the matches of a long movie grow with the square of the tracks per person "
+        "(a 20-minute movie of 11 people, 5,500 tracks, held ~2.7 million pairs per round); training "
+        "draws a few partners per track per step, which 50 cover. On the dev cases no track reaches 50.",
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ small ridge), which captures how a face's embedding varies within one track; in 
 track gets a diagonal Normal whose variances are its own, shrunk toward 1 (the pooled value) with
 ``prior_weight`` pseudo-crops. All pairwise log-pdfs are then three matrix products, computed for
 ``ROW_BLOCK`` (256) tracks at a time so memory grows linearly with the number of tracks (only the matches
-are kept; the co-occurrence matrix passed in is one byte per track pair).
+are kept, at most ``max_matches_per_track`` per track; the co-occurrence matrix passed in is sparse).
 threshold_T = log(mean of the lowest 25% of the pdfs of T's own crops) (computed with logsumexp).
 The whitening's log-determinant shifts every log-pdf and threshold by the same constant; it is
 left out.
@@ -139,23 +139,35 @@ def soft_match(
     var = _track_vars(z, mu, crop_track, cfg.prior_weight)
     own = _own_log_pdf(z, mu, var, crop_track)
     thr = _thresholds(own, crop_track, n_tracks, cfg.low_quantile)
-    parts = [_match_block(mu, var, thr, cannot_link, lo, min(lo + ROW_BLOCK, n_tracks))
+    parts = [_match_block(mu, var, thr, cannot_link, lo, min(lo + ROW_BLOCK, n_tracks), cfg.max_matches_per_track)
              for lo in range(0, n_tracks, ROW_BLOCK)]
     a, b, score = (np.concatenate(x) for x in zip(*parts))
     return SoftMatches(a, b, score, thr[a])
 
 
 def _match_block(mu: NDArray[np.float64], var: NDArray[np.float64], thr: NDArray[np.float64],
-                 cannot_link: sp.spmatrix | NDArray[np.bool_] | None, lo: int, hi: int):
-    """Matches (a, b, log-pdf) with ``a`` in rows lo..hi: b's mean inside a's Normal."""
+                 cannot_link: sp.spmatrix | NDArray[np.bool_] | None, lo: int, hi: int, cap: int):
+    """Matches (a, b, log-pdf) with ``a`` in rows lo..hi: b's mean inside a's Normal; at most ``cap``
+    per ``a`` (its highest log-pdfs)."""
     scores = _log_pdf_matrix(mu, mu[lo:hi], var[lo:hi])  # (a - lo, b): b's mean under a's Normal
     ok = scores > thr[lo:hi, None]
     ok[np.arange(hi - lo), np.arange(lo, hi)] = False
     if cannot_link is not None:
         rows = cannot_link[lo:hi]
         ok &= ~(rows.toarray() if sp.issparse(rows) else rows)
+    if cap > 0 and ok.sum(1).max(initial=0) > cap:
+        ok = _best_per_row(np.where(ok, scores, -np.inf), cap)
     a, b = np.nonzero(ok)
     return (a + lo).astype(np.int64), b.astype(np.int64), scores[a, b]
+
+
+def _best_per_row(scores: NDArray[np.float64], cap: int) -> NDArray[np.bool_]:
+    """True at each row's ``cap`` largest finite entries (all of them in rows with fewer)."""
+    k = min(cap, scores.shape[1])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    keep = np.zeros(scores.shape, bool)
+    np.put_along_axis(keep, top, True, axis=1)
+    return keep & np.isfinite(scores)
 
 
 def _own_log_pdf(
