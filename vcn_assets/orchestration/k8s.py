@@ -24,9 +24,9 @@ K8S_CONFIG_TAG = "dagster-k8s/config"
 K8S_GPU_ENV = "VCN_K8S_GPU"
 GPU_RESOURCE = "nvidia.com/gpu"  # the NVIDIA device plugin's resource name
 GPU_STEPS = ("tracks", "crops", "finetuned_checkpoint")  # detector / embedder / Stage 2 training
-# One core and 2 GiB per step: the largest peak RSS the README's benchmarks measured is 1,818 MB (Stages 2-4
-# of a 30-minute movie); Stage 1 at most 568 MB (dlib backend, 1- and 5-minute movies). Limits are left to the
-# cluster's defaults, so a longer movie may use more memory than it requested.
+# One core and 2 GiB per step: the largest peak RSS the README's benchmarks measured is 1.19 GB (Stages 2-4 on
+# 5,000 synthetic tracks); Stage 1 at most 868 MB (dlib backend, 1- and 5-minute movies). Limits are left to
+# the cluster's defaults, so a longer movie may use more memory than it requested.
 STEP_REQUESTS = {"cpu": "1", "memory": "2Gi"}
 
 
