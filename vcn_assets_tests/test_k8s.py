@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from vcn_assets.orchestration.automation import PIPELINE_ASSETS
 from vcn_assets.orchestration.k8s import (
     GPU_RESOURCE,
@@ -37,8 +35,7 @@ def test_every_pipeline_step_carries_its_tag() -> None:
 
 
 def test_dagster_k8s_renders_the_tag_into_step_pods() -> None:
-    """Skipped unless dagster-k8s is installed (it is not a dependency of the project or its tests)."""
-    pytest.importorskip("dagster_k8s")
+    """dagster-k8s (the `k8s` extra, installed with the tests) builds each step's pod from the op tag."""
     from dagster_k8s.job import DagsterK8sJobConfig, construct_dagster_k8s_job, get_user_defined_k8s_config
 
     from vcn_assets.definitions_k8s import defs
