@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import dagster as dg
@@ -14,7 +15,7 @@ import torch
 from vcn_assets.bench.gpu_check import CUDA_PROVIDER, GpuStatus, problems
 from vcn_assets.core.checkpoint import load_checkpoint, save_checkpoint
 from vcn_assets.core.config import MatchConfig
-from vcn_assets.core.devices import DeviceError, resolve_device
+from vcn_assets.core.devices import DeviceError, resolve_device, usable_cpus
 from vcn_assets.core.finetune import TrainingSet, finetune
 from vcn_assets.orchestration.assets import user_errors
 from vcn_assets_tests.test_identity_core import SMALL, _blob_views
@@ -89,3 +90,13 @@ def test_vcn_gpu_check_without_a_gpu_exits_with_the_reason(tmp_path: Path) -> No
     assert str(stop.value).startswith("vcn gpu-check: no usable GPU: torch ")
     assert "sees no CUDA device" in str(stop.value)
     assert list(tmp_path.iterdir()) == []  # nothing ran
+
+
+@no_gpu
+def test_detector_threads_default_to_the_usable_cpus() -> None:
+    from vcn_assets.core.config import ModelConfig
+    from vcn_assets.models.registry import build_models
+
+    assert usable_cpus() == len(os.sched_getaffinity(0))
+    assert build_models(ModelConfig(backend="dlib", device="cpu")).detect_workers == usable_cpus()
+    assert build_models(ModelConfig(backend="dlib", device="cpu", detect_workers=1)).detect_workers == 1

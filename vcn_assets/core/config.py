@@ -151,7 +151,7 @@ class ModelConfig:
     detect_workers: int = knob(
         0,
         "Frames the face detector works on at once (threads sharing torch's CPU threads), for the dlib "
-        "backend's MTCNN; 0 = one per CPU core on the CPU, 1 on a GPU. Measured on 2 cores: 48 ms per "
+        "backend's MTCNN; 0 = one per usable CPU (the process's affinity mask) on the CPU, 1 on a GPU. Measured on 2 cores: 48 ms per "
         "720p frame with 2 workers vs 68 ms with 1. The insightface backend uses 1 (ONNX Runtime "
         "already spreads one call over its threads) unless this is set.",
     )

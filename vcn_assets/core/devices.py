@@ -9,6 +9,7 @@ Usage::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -49,3 +50,12 @@ def threads_per_worker(workers: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask: a container's cpuset, ``taskset``), else all.
+    A CFS quota (a Kubernetes CPU limit) is not visible here: set the thread knobs for such pods."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1

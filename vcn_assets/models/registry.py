@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from vcn_assets.core.config import ModelConfig
+from vcn_assets.core.devices import usable_cpus
 from vcn_assets.models.base import FaceModels
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,10 @@ def _build_dlib(cfg: ModelConfig, min_face_px: int, min_score: float, max_side: 
         device=_device(cfg),
     )
     detector = MTCNNDetector(det_cfg, num_threads=_threads(cfg))
-    embedder = DlibEmbedder(workers=cfg.embed_workers or os.cpu_count() or 1, runtime=cfg.dlib_runtime,
+    embedder = DlibEmbedder(workers=cfg.embed_workers or usable_cpus(), runtime=cfg.dlib_runtime,
                             device=det_cfg.device)
     identity = {"backend": "dlib", "detector": "mtcnn(facenet-pytorch weights)", **embedder.identity()}
-    workers = cfg.detect_workers or (1 if det_cfg.device != "cpu" else os.cpu_count() or 1)
+    workers = cfg.detect_workers or (1 if det_cfg.device != "cpu" else usable_cpus())
     return FaceModels("dlib", detector, embedder, identity, detect_workers=workers)
 
 
