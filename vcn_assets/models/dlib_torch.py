@@ -77,26 +77,33 @@ class _Layer:
 
 
 def _layers(data: bytes) -> list[_Layer]:
-    """Every layer's kind and parameters, in file order (input first)."""
-    layers = []
-    for m in _NAME.finditer(data):
+    """Every layer's kind and parameters, in file order (input first). The search for the next name
+    resumes after what the previous layer's parameters took, so weights are never read as names."""
+    layers, pos = [], 0
+    while (m := _NAME.search(data, pos)) is not None:
+        pos = m.start() + 1
         if len(m.group(2)) != m.group(1)[0]:
             continue
-        kind = m.group(2).decode()
-        r = _Reader(data, m.end())
-        if kind == "con_4":
-            params = r.tensor()
-            layers.append(_Layer(kind, params, tuple(r.int() for _ in range(7))))  # filters, nr, nc, sy, sx, py, px
-        elif kind == "affine_":
-            layers.append(_Layer(kind, r.tensor()))
-        elif kind == "fc_2":
-            n_out, n_in = r.int(), r.int()
-            layers.append(_Layer(kind, r.tensor(), (n_out, n_in)))
-        elif kind in ("max_pool_2", "avg_pool_2"):
-            layers.append(_Layer(kind, None, tuple(r.int() for _ in range(6))))  # nr, nc, sy, sx, py, px
-        else:
-            layers.append(_Layer(kind))
+        layer, pos = _layer(m.group(2).decode(), _Reader(data, m.end()))
+        layers.append(layer)
     return layers
+
+
+def _layer(kind: str, r: _Reader) -> tuple[_Layer, int]:
+    """One layer's details from just after its name; also where they end."""
+    if kind == "con_4":
+        params = r.tensor()
+        layer = _Layer(kind, params, tuple(r.int() for _ in range(7)))  # filters, nr, nc, sy, sx, py, px
+    elif kind == "affine_":
+        layer = _Layer(kind, r.tensor())
+    elif kind == "fc_2":
+        n_out, n_in = r.int(), r.int()
+        layer = _Layer(kind, r.tensor(), (n_out, n_in))
+    elif kind in ("max_pool_2", "avg_pool_2"):
+        layer = _Layer(kind, None, tuple(r.int() for _ in range(6)))  # nr, nc, sy, sx, py, px
+    else:
+        layer = _Layer(kind)
+    return layer, r.pos
 
 
 class _ConvAffine(torch.nn.Module):
