@@ -97,6 +97,21 @@ def test_detector_threads_default_to_the_usable_cpus() -> None:
     from vcn_assets.core.config import ModelConfig
     from vcn_assets.models.registry import build_models
 
-    assert usable_cpus() == len(os.sched_getaffinity(0))
     assert build_models(ModelConfig(backend="dlib", device="cpu")).detect_workers == usable_cpus()
     assert build_models(ModelConfig(backend="dlib", device="cpu", detect_workers=1)).detect_workers == 1
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "150000 100000\n"}, 2),  # cgroup v2, 1.5 CPUs -> 2 threads
+    ({"cpu.max": "50000 100000\n"}, 1),
+    ({"cpu.max": "max 100000\n"}, None),  # no quota: the affinity mask
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # cgroup v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_usable_cpus_honours_the_cgroup_quota(files: dict[str, str], expected: int | None, tmp_path: Path) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    mask = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == (min(expected, mask) if expected else mask)

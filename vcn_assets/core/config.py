@@ -147,7 +147,9 @@ class ModelConfig:
         "", "Folder with SCRFD + ArcFace ONNX files; empty = ~/.insightface/models/{buffalo_l,antelopev2}."
     )
     device: str = knob("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'.")
-    num_threads: int = knob(0, "Torch / ONNX Runtime CPU threads; 0 = all cores.")
+    num_threads: int = knob(
+        0, "Torch CPU threads (and ONNX Runtime's when set); 0 = the usable CPUs (affinity mask and cgroup "
+        "CPU quota, so a container limited to 2 CPUs on a 32-core node uses 2), ONNX Runtime its own default.")
     detect_workers: int = knob(
         0,
         "Frames the face detector works on at once (threads sharing torch's CPU threads), for the dlib "

@@ -9,9 +9,11 @@ Usage::
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -52,10 +54,26 @@ def threads_per_worker(workers: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask: a container's cpuset, ``taskset``), else all.
-    A CFS quota (a Kubernetes CPU limit) is not visible here: set the thread knobs for such pods."""
+def usable_cpus(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: its affinity mask (a container's cpuset, ``taskset``), lowered to its
+    cgroup's CPU quota rounded up (a Kubernetes CPU limit, ``docker --cpus``; cgroup v2 ``cpu.max`` or
+    v1 ``cpu/cpu.cfs_quota_us``), at least 1."""
     try:
-        return len(os.sched_getaffinity(0)) or 1
+        cpus = len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = _cgroup_quota(cgroup)
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cgroup_quota(cgroup: Path) -> float | None:
+    """CPUs' worth of the cgroup's CPU quota, or None without one."""
+    try:
+        if (cgroup / "cpu.max").is_file():
+            quota, period = (cgroup / "cpu.max").read_text().split()[:2]
+        else:
+            quota = (cgroup / "cpu" / "cpu.cfs_quota_us").read_text().strip()
+            period = (cgroup / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        return None if quota == "max" or int(quota) <= 0 else int(quota) / int(period)
+    except (OSError, ValueError):
+        return None

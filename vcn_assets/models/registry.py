@@ -33,8 +33,8 @@ MTCNN_MIN_SCORE = 0.9  # ONet probability; ENVIRONMENT.md measured recall 0.92 o
 SCRFD_MIN_SCORE = 0.5  # insightface's own default
 
 
-def _threads(cfg: ModelConfig) -> int | None:
-    return cfg.num_threads or None
+def _threads(cfg: ModelConfig) -> int:
+    return cfg.num_threads or usable_cpus()
 
 
 def _build_fake(cfg: ModelConfig, min_face_px: int, min_score: float, max_side: int) -> FaceModels:
