@@ -298,5 +298,11 @@ def test_bench_length_repeats_a_movie_and_reports_rates(tmp_path: Path, blob_mov
         assert 0 < through["stage1"] <= through["stages1_3"] <= through["stages1_4"] == r["peak_rss_mb"]
         assert set(r["seconds"]) == {"probe", "shots", "tracks", "crops", "finetune_and_match", "cluster"}
         assert r["rates"]["realtime_factor"] > 0
+        # the detector ran on a stride of frames and found faces on some of them
+        assert 0 < r["n_detect_frames"] < r["n_frames"] and 0 < r["n_detections"] < r["n_boxes"]
+        rates = r["rates"]
+        assert rates["detect_frames_per_s"] == round(r["n_detect_frames"] / r["seconds"]["tracks"], 2)
+        assert rates["detections_per_s"] == round(r["n_detections"] / r["seconds"]["tracks"], 2)
+    assert results[1]["n_detect_frames"] == 2 * results[0]["n_detect_frames"]
     assert json.loads(out.read_text())[1]["minutes"] == 2
     assert length_table(results).count("\n") == 3

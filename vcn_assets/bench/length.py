@@ -71,6 +71,7 @@ def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue, 
     from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig, ModelConfig
     from vcn_assets.core.identity import ClusterInputs, adapt, cooccurrence, final_clusters
     from vcn_assets.core.pipeline import PipelineConfig, run_stage1
+    from vcn_assets.core.tracking import detection_frames
     from vcn_assets.models.registry import build_models
 
     cfg = PipelineConfig()
@@ -80,7 +81,9 @@ def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue, 
     peaks = {"stage1": _peak_mb()}
     report = {"seconds": {k: round(v, 2) for k, v in r.seconds.items()}, "n_frames": r.info.n_frames,
               "movie_s": r.info.n_frames / r.info.fps, "n_tracks": len(r.tracks.track_id),
-              "n_crops": len(r.crops.track_id), "n_boxes": len(r.boxes.track_id)}
+              "n_crops": len(r.crops.track_id), "n_boxes": len(r.boxes.track_id),
+              "n_detect_frames": len(detection_frames(r.shots, cfg.tracks.detect_stride)),
+              "n_detections": int(r.boxes.detected.sum())}
     if stages == "all":
         tids = r.tracks.track_id
         row = {t: i for i, t in enumerate(tids.tolist())}
@@ -114,6 +117,8 @@ def _rates(r: dict) -> dict:
     s = r["seconds"]
     total = sum(v for k, v in s.items() if k != "probe")
     rates = {"shots_fps": r["n_frames"] / s["shots"], "tracks_fps": r["n_frames"] / s["tracks"],
+             "detect_frames_per_s": r["n_detect_frames"] / s["tracks"],
+             "detections_per_s": r["n_detections"] / s["tracks"],
              "crops_per_s": r["n_crops"] / s["crops"], "realtime_factor": r["movie_s"] / total,
              "stage1_realtime_factor": r["movie_s"] / (s["shots"] + s["tracks"] + s["crops"])}
     if "finetune_and_match" in s:
@@ -177,12 +182,14 @@ def run_length_bench(minutes: list[int], backend: str, stages: str, cache: Path,
 
 
 def length_table(results: list[dict]) -> str:
-    head = "| minutes | frames | tracks | crops | shots fps | tracks fps | crops/s | steps/s | realtime x | stage 1 x | peak RSS MB (through stage 1 / 1-3 / all) |"
+    head = ("| minutes | frames | tracks | crops | shots fps | tracks fps | detector frames/s | faces detected/s | "
+            "crops/s | steps/s | cluster s | realtime x | stage 1 x | peak RSS MB (through stage 1 / 1-3 / all) |")
     lines = [head, "|---" * (head.count("|") - 1) + "|"]
     for r in results:
         q = r["rates"]
         lines.append(f"| {r['minutes']} | {r['n_frames']} | {r['n_tracks']} | {r['n_crops']} | {q['shots_fps']} | "
-                     f"{q['tracks_fps']} | {q['crops_per_s']} | {q.get('finetune_steps_per_s', '-')} | "
+                     f"{q['tracks_fps']} | {q['detect_frames_per_s']} | {q['detections_per_s']} | "
+                     f"{q['crops_per_s']} | {q.get('finetune_steps_per_s', '-')} | {r['seconds'].get('cluster', '-')} | "
                      f"{q['realtime_factor']} | {q['stage1_realtime_factor']} | {_peaks(r)} |")
     return "\n".join(lines)
 
