@@ -211,6 +211,21 @@ def cmd_bench_sensor(args: argparse.Namespace) -> None:
           f"{r['steady_tick_max_s']:.2f} s over {r['repeat']} repeats")
 
 
+def cmd_make_case(args: argparse.Namespace) -> None:
+    import json
+
+    from vcn_assets.bench.photo_cases import make_photo_case, used_photos
+    from vcn_assets.core.samples import SampleSpec
+
+    spec = SampleSpec(width=args.width, height=args.height, n_shots=args.shots, identities=args.identities,
+                      faces_per_shot=(1, args.max_faces), shot_seconds=(1.5, 4.0), face_height_px=(60, 220),
+                      seed=args.seed)
+    movie = make_photo_case(args.out, args.photos, spec, used_photos(args.exclude_shots))
+    meta = json.loads((args.out / "case.json").read_text())
+    print(f"{movie}: {meta['n_frames']} frames, {len(meta['identities'])} identities, {len(meta['photos'])} photos "
+          f"({meta['repeated_photos']} appearances reuse a photo)")
+
+
 def cmd_add(args: argparse.Namespace) -> None:
     from vcn_assets.orchestration.partitions import VIDEO_EXTENSIONS, movie_key
     from vcn_assets.orchestration.resources import VcnResource
@@ -384,6 +399,18 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--movies", type=int, default=1000)
     bs.add_argument("--repeat", type=int, default=5)
     bs.set_defaults(fn=cmd_bench_sensor)
+    mc = sub.add_parser("make-case", help="build a benchmark case from a labelled photo set (held-out photos)")
+    mc.add_argument("--photos", type=Path, required=True, help="folder with labels.csv (file,identity)")
+    mc.add_argument("--out", type=Path, required=True)
+    mc.add_argument("--exclude-shots", type=Path, nargs="*", default=[], metavar="SHOTS_JSON",
+                    help="other cases' <case>_shots.json: their photos are not used")
+    mc.add_argument("--identities", type=int, default=8)
+    mc.add_argument("--shots", type=int, default=30)
+    mc.add_argument("--max-faces", type=int, default=3, help="faces per shot: 1 to this")
+    mc.add_argument("--width", type=int, default=854)
+    mc.add_argument("--height", type=int, default=480)
+    mc.add_argument("--seed", type=int, default=0)
+    mc.set_defaults(fn=cmd_make_case)
     a = sub.add_parser("add", help="copy a movie into the movies folder and register its partition")
     a.add_argument("path")
     a.set_defaults(fn=cmd_add)

@@ -21,7 +21,7 @@ import functools
 import importlib.util
 import json
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -79,10 +79,8 @@ class SampleSpec:
             raise ValueError(f"SampleSpec: shot_seconds must be 0 < min <= max, got {self.shot_seconds}")
         if not 0 < self.face_height_px[0] <= self.face_height_px[1]:
             raise ValueError(f"SampleSpec: face_height_px must be 0 < min <= max, got {self.face_height_px}")
-        if not 1 <= self.identities <= len(IDENTITIES):
-            raise ValueError(
-                f"SampleSpec: identities must be in [1, {len(IDENTITIES)}], got {self.identities}"
-            )
+        if self.identities < 1:
+            raise ValueError(f"SampleSpec: identities must be >= 1, got {self.identities}")
         if self.n_shots < 1 or self.fps < 1:
             raise ValueError(f"SampleSpec: n_shots and fps must be >= 1, got {self.n_shots}, {self.fps}")
         if self.n_shots * min(self.faces_per_shot[1], self.identities) < 2 * self.identities:
@@ -255,15 +253,18 @@ def _place_face(
     return FacePlacement(source, (float(s0), float(s1)), ((c0[0], c0[1]), (c1[0], c1[1])))
 
 
-def plan_shots(spec: SampleSpec, sources: tuple[SourceFace, ...], rng: np.random.Generator) -> list[ShotPlan]:
-    """Shot lengths, backgrounds and face motions for the whole episode."""
+def plan_shots(spec: SampleSpec, sources: tuple[SourceFace, ...], rng: np.random.Generator,
+               pick: Callable[[int], int] | None = None) -> list[ShotPlan]:
+    """Shot lengths, backgrounds and face motions for the whole episode. ``pick(identity)`` gives the
+    source (photo) index of each appearance of identity ``0..spec.identities-1``; default: the same."""
     counts = _faces_per_shot(spec, rng)
     shots, start, hue = [], 0, float(rng.uniform(0, 180))
     for ids in _assign_identities(counts, spec.identities, rng):
         n = max(2, round(rng.uniform(*spec.shot_seconds) * spec.fps))
         col_w = spec.width / len(ids)
+        chosen = [pick(i) if pick else i for i in ids]
         faces = tuple(
-            _place_face(sources[s], s, (j * col_w, (j + 1) * col_w), spec, rng) for j, s in enumerate(ids)
+            _place_face(sources[s], s, (j * col_w, (j + 1) * col_w), spec, rng) for j, s in enumerate(chosen)
         )
         shots.append(ShotPlan(start, n, int(rng.integers(2**32)), hue, faces))
         hue = (hue + rng.uniform(40, 140)) % 180  # OpenCV hue units: consecutive shots look clearly different
@@ -366,16 +367,23 @@ def write_video(path: Path, frames: Iterable[NDArray[np.uint8]], width: int, hei
 
 
 def _write_case_files(
-    out_dir: Path, spec: SampleSpec, shots: list[ShotPlan], rows: list[tuple[int, NDArray[np.float64], str]]
+    out_dir: Path, spec: SampleSpec, shots: list[ShotPlan], rows: list[tuple[int, NDArray[np.float64], str]],
+    meta: dict | None = None,
 ) -> None:
+    """gt_faces.csv, gt_shots.txt and case.json (``meta``, default: the bundled sample's)."""
     with open(out_dir / "gt_faces.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["frame", "x1", "y1", "x2", "y2", "identity"])
         for frame_idx, xyxy, identity in rows:
             writer.writerow([frame_idx, *(f"{v:.1f}" for v in xyxy), identity])
     (out_dir / "gt_shots.txt").write_text("".join(f"{s.start}\n" for s in shots[1:]))
+    meta = meta or _sample_meta(out_dir, spec, shots)
+    (out_dir / "case.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def _sample_meta(out_dir: Path, spec: SampleSpec, shots: list[ShotPlan]) -> dict:
     sources = load_source_faces()
-    meta = {
+    return {
         "name": out_dir.name,
         "source": "vcn_assets.core.samples: insightface data/images t1.jpg (person_1..6, left to right), "
         "Tom_Hanks_54745.png (tom_hanks), skimage.data.astronaut() (astronaut)",
@@ -389,7 +397,6 @@ def _write_case_files(
         "feathered elliptical mask on a smooth per-shot background with slow drift and zoom; GT box = the "
         "transformed source face box, exact on every frame; one GT track per appearance.",
     }
-    (out_dir / "case.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
 def make_sample_case(out_dir: Path, spec: SampleSpec = SampleSpec()) -> Path:
@@ -397,10 +404,17 @@ def make_sample_case(out_dir: Path, spec: SampleSpec = SampleSpec()) -> Path:
 
     Returns the path of ``movie.mp4``. The same ``spec`` (seed included) gives the same GT and frames.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.identities > len(IDENTITIES):
+        raise ValueError(f"SampleSpec: identities must be <= {len(IDENTITIES)} (the bundled faces), got {spec.identities}")
     sources = load_source_faces()
     shots = plan_shots(spec, sources, np.random.default_rng(spec.seed))
+    return render_case(Path(out_dir), spec, sources, shots)
+
+
+def render_case(out_dir: Path, spec: SampleSpec, sources: tuple[SourceFace, ...], shots: list[ShotPlan],
+                meta: dict | None = None) -> Path:
+    """Render planned ``shots`` into ``out_dir``'s movie.mp4 and write its GT files; returns the movie."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[int, NDArray[np.float64], str]] = []
 
     def frames() -> Iterator[NDArray[np.uint8]]:
@@ -411,7 +425,7 @@ def make_sample_case(out_dir: Path, spec: SampleSpec = SampleSpec()) -> Path:
 
     movie = out_dir / "movie.mp4"
     n = write_video(movie, frames(), spec.width, spec.height, spec.fps)
-    _write_case_files(out_dir, spec, shots, rows)
+    _write_case_files(out_dir, spec, shots, rows, meta)
     logger.info("sample case %s: %d frames, %d shots, %d GT boxes", out_dir, n, len(shots), len(rows))
     return movie
 
