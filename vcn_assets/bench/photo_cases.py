@@ -28,10 +28,10 @@ import numpy as np
 from vcn_assets.core.samples import (
     SampleSpec,
     SourceFace,
-    _detect_faces,
-    _make_patch,
-    _read_bgr,
+    detect_faces,
+    make_patch,
     plan_shots,
+    read_bgr,
     render_case,
 )
 
@@ -92,13 +92,13 @@ def _sources_with_files(folder: Path, exclude: set[str]) -> tuple[tuple[SourceFa
     for file, identity in rows:
         if Path(file).name in exclude:
             continue
-        img = _read_bgr(folder / file)
+        img = read_bgr(folder / file)
         try:
-            boxes, scores = _detect_faces(img, str(folder / file))
+            boxes, scores = detect_faces(img, str(folder / file))
         except ValueError as exc:
             log.warning("skipping %s", exc)
             continue
-        sources.append(_make_patch(img, boxes[int(np.argmax(scores))], identity))
+        sources.append(make_patch(img, boxes[int(np.argmax(scores))], identity))
         files.append(file)
     return tuple(sources), files
 

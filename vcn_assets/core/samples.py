@@ -137,14 +137,14 @@ def _insightface_image(name: str) -> Path:
     return path
 
 
-def _read_bgr(path: Path) -> NDArray[np.uint8]:
+def read_bgr(path: Path) -> NDArray[np.uint8]:
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"{path}: cannot be decoded as an image")
     return img
 
 
-def _detect_faces(img_bgr: NDArray[np.uint8], what: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+def detect_faces(img_bgr: NDArray[np.uint8], what: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """dlib HOG (upsample 1) face boxes ``(N, 4)`` (x2/y2 exclusive) and scores ``(N,)``."""
     import dlib
 
@@ -155,7 +155,7 @@ def _detect_faces(img_bgr: NDArray[np.uint8], what: str) -> tuple[NDArray[np.flo
     return xyxy, np.asarray(scores, np.float64)
 
 
-def _make_patch(img_bgr: NDArray[np.uint8], face_xyxy: NDArray[np.float64], identity: str) -> SourceFace:
+def make_patch(img_bgr: NDArray[np.uint8], face_xyxy: NDArray[np.float64], identity: str) -> SourceFace:
     """Cut a REGION_SCALE region around the face; outside the photo, fill with a blurred reflection."""
     w, h = face_xyxy[2] - face_xyxy[0], face_xyxy[3] - face_xyxy[1]
     cx, cy = (face_xyxy[0] + face_xyxy[2]) / 2, (face_xyxy[1] + face_xyxy[3]) / 2
@@ -189,19 +189,19 @@ def load_source_faces() -> tuple[SourceFace, ...]:
 
     out: list[SourceFace] = []
     t1_path = _insightface_image("t1.jpg")
-    t1 = _read_bgr(t1_path)
-    boxes, _ = _detect_faces(t1, str(t1_path))
+    t1 = read_bgr(t1_path)
+    boxes, _ = detect_faces(t1, str(t1_path))
     if len(boxes) != 6:
         raise ValueError(f"{t1_path}: dlib HOG found {len(boxes)} faces, expected the 6 people of the photo")
     for name, box in zip(IDENTITIES[:6], boxes[np.argsort(boxes[:, 0], kind="stable")]):
-        out.append(_make_patch(t1, box, name))
+        out.append(make_patch(t1, box, name))
     tom_path = _insightface_image("Tom_Hanks_54745.png")
-    tom = _read_bgr(tom_path)
-    boxes, scores = _detect_faces(tom, str(tom_path))
-    out.append(_make_patch(tom, boxes[int(np.argmax(scores))], "tom_hanks"))
+    tom = read_bgr(tom_path)
+    boxes, scores = detect_faces(tom, str(tom_path))
+    out.append(make_patch(tom, boxes[int(np.argmax(scores))], "tom_hanks"))
     astro = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
-    boxes, scores = _detect_faces(astro, "skimage.data.astronaut()")
-    out.append(_make_patch(astro, boxes[int(np.argmax(scores))], "astronaut"))
+    boxes, scores = detect_faces(astro, "skimage.data.astronaut()")
+    out.append(make_patch(astro, boxes[int(np.argmax(scores))], "astronaut"))
     return tuple(out)
 
 
