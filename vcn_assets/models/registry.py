@@ -9,8 +9,9 @@ Usage::
 Backends:
 - ``insightface``: SCRFD detector + ArcFace recogniser from a local model pack (never downloaded).
 - ``dlib``: the offline default. MTCNN detector (weights from the facenet-pytorch wheel) + dlib's
-  ResNet 128-d descriptor (face-recognition-models), run in torch from dlib's own file by default. MTCNN was chosen by measurement: on
-  ``tbbt_s01e01_open`` it finds far more of the small faces of wide shots than dlib's HOG detector.
+  ResNet 128-d descriptor (face-recognition-models), run in torch from dlib's own file by default.
+  MTCNN was chosen by measurement: on ``tbbt_s01e01_open`` it finds far more of the small faces of
+  wide shots than dlib's HOG detector.
 - ``fake``: deterministic and fast, for unit tests.
 - ``auto``: ``insightface`` when a pack is found locally, else ``dlib``.
 """
