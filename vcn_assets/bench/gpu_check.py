@@ -14,9 +14,9 @@ command exits with status 1 and one line saying what is missing; nothing runs.
 Then ``vcn bench-length``'s measurement with every device knob set to ``cuda`` (the face models'
 ``ModelConfig.device`` and Stage 2's ``FinetuneConfig.device``), printed as JSON: per-stage seconds
 and throughput, the real-time factor and peak RSS, plus the checks' findings. What runs where: the
-MTCNN detector (``dlib`` backend), SCRFD and ArcFace (``insightface``, through onnxruntime) and the
-Stage 2 training on the GPU; decoding, shot detection, tracking, dlib's descriptor (dlib-bin has no
-CUDA) and Stages 3-4 on the CPU.
+MTCNN detector and dlib's descriptor network run in torch (``dlib`` backend), SCRFD and ArcFace
+(``insightface``, through onnxruntime) and the Stage 2 training on the GPU; decoding, shot detection,
+tracking and Stages 3-4 on the CPU.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Each movie is a generated 720p 25 fps sample (faces from photos an installed pac
 one minute, repeated by stream copy to the requested length (so a 30-minute movie costs seconds to
 make, and every minute has the same faces and cuts: cost per minute should stay flat). Each
 length runs in a fresh spawned process, so its peak RSS (``ru_maxrss``) is that run's alone.
-Reported per length (``--repeat N``: median seconds of N runs, largest peak RSS): seconds and throughput per stage (frames/s for shots, tracks; crops/s;
+Reported per length (``--repeat N``: median seconds of N runs, largest peak RSS): seconds and
+throughput per stage (frames/s for shots, tracks; detector frames/s and faces detected/s; crops/s;
 finetuning steps/s and clustering seconds with ``--stages all``), the real-time factor (movie
 seconds / processing seconds) and peak RSS, overall and through each phase
 (``peak_rss_mb_through``: ``stage1``, ``stages1_3``, ``stages1_4``; RSS peaks only grow, so each

@@ -164,10 +164,8 @@ def _can_spawn() -> bool:
 
 
 def _init_worker(model_file: str) -> None:
-    import dlib
-
     global _WORKER_NET
-    _WORKER_NET = dlib.face_recognition_model_v1(model_file)
+    _WORKER_NET = _load_dlib_net(Path(model_file))
 
 
 def _worker_describe(aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:
