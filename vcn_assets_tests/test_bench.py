@@ -166,9 +166,12 @@ def test_bench_json_shape(bench: Bench) -> None:
     assert r["realtime_factor"] == pytest.approx(r["video_seconds"] / sum(r["stage_seconds"].values()))
     assert r["gt_unknown_policy"] == "own identity"
     assert list(r["methods"]) == list(METHOD_NAMES)
-    assert all(set(m) - {"merge_suggestions"} == METHOD_KEYS for m in r["methods"].values())
+    assert all(set(m) - {"merge_suggestions", "soft_matches"} == METHOD_KEYS for m in r["methods"].values())
     assert set(r["methods"]["vcn"]["merge_suggestions"]) == {"split_clusters", "rank1_same_identity",
                                                              "top_k_same_identity"}
+    rounds = r["methods"]["vcn"]["soft_matches"]
+    assert len(rounds) == SMALL_FT.finetune.rounds and "soft_matches" not in r["methods"]["vcn_no_finetune"]
+    assert all(set(m) == {"pairs", "scored", "same_identity", "precision", "recall", "by_normal"} for m in rounds)
 
 
 def test_bench_exact_values_on_the_clean_case(bench: Bench) -> None:
@@ -196,6 +199,25 @@ def test_bench_table(bench: Bench) -> None:
     assert "gt_box_recall" in text and "method | wcp | pcr | nmi | pairwise_f | bcubed_f | n_clusters" in text
     assert all(f"\n{name} | " in text for name in METHOD_NAMES)
     assert "6 tracks, 3 identities" in text
+    assert "vcn soft matches: round 1: " in text
+
+
+def test_match_report_counts_pairs_once_against_the_ground_truth() -> None:
+    import scipy.sparse as sp
+
+    from vcn_assets.bench.clustering_eval import match_report
+    from vcn_assets.core.soft_match import SoftMatches
+
+    identity = ["a", "a", "a", "b", "b", None]
+    co = sp.csr_matrix(([True, True], ([0, 1], [1, 0])), shape=(6, 6))  # a's tracks 0 and 1 share a frame
+    i = np.array
+    # (0, 2) twice (both directions, once by the Normal rule), (2, 1), (3, 4), (1, 3) wrong, (4, 5) unscored
+    m = SoftMatches(i([0, 2, 2, 3, 1, 4]), i([2, 0, 1, 4, 3, 5]), i([0.0, 1.0, 0.0, 0.0, 0.0, 0.0]), np.zeros(6))
+    got = match_report(identity, co, m)
+    # possible same-identity pairs: a: 3 - 1 sharing a frame = 2, b: 1
+    assert got == {"pairs": 5, "scored": 4, "same_identity": 3, "precision": 0.75, "recall": 1.0, "by_normal": 1}
+    none = match_report(identity, co, SoftMatches(i([], np.int64), i([], np.int64), np.zeros(0), np.zeros(0)))
+    assert none["pairs"] == 0 and np.isnan(none["precision"]) and none["recall"] == 0.0
 
 
 def test_bench_cache_reuses_stage1(case_dir: Path, bench: Bench) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 from vcn_assets.core.clustering import MetricTerms, cluster_thresholds, cluster_tracks, pair_losses
@@ -105,13 +106,66 @@ def _blob_views(n_id: int, tracks_per_id: int, crops: int, dim: int = 16, seed: 
     return np.array(views, np.float32), np.array(crop_track), np.array(ident)
 
 
+PAPER_RULE = MatchConfig(neighbour_k=0)
+
+
 def test_soft_match_links_same_identity_tracks_only() -> None:
     views, crop_track, ident = _blob_views(3, 3, 8)
     n = len(ident)
-    m = soft_match(views[:, 0], crop_track, n, np.zeros((n, n), bool), MatchConfig())
+    m = soft_match(views[:, 0], crop_track, n, np.zeros((n, n), bool), PAPER_RULE)
     assert len(m) > 0
     assert np.all(ident[m.track_a] == ident[m.track_b])
-    assert np.all(m.log_pdf > m.threshold)
+    assert np.all(m.log_pdf > m.threshold) and m.by_normal.all()
+
+
+def _far_tracks(n_id: int, tracks_per_id: int, seed: int = 0):
+    """Tracks whose crops are near-copies (spread 0.01) while tracks of one person differ by 0.3:
+    the paper's Normal rule finds no pair, mutual neighbours find the people."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(n_id, 16))
+    track_centres = np.repeat(centres, tracks_per_id, 0) + rng.normal(0, 0.3, (n_id * tracks_per_id, 16))
+    crop_track = np.repeat(np.arange(len(track_centres)), 6)
+    views = track_centres[crop_track] + rng.normal(0, 0.01, (len(crop_track), 16))
+    return views.astype(np.float32), crop_track, np.repeat(np.arange(n_id), tracks_per_id)
+
+
+def test_mutual_neighbours_add_the_pairs_the_normal_rule_misses() -> None:
+    views, crop_track, ident = _far_tracks(3, 6)
+    n = len(ident)
+    co = np.zeros((n, n), bool)
+    co[0, 1] = co[1, 0] = True  # tracks 0 and 1 share a frame: never paired
+    assert len(soft_match(views, crop_track, n, co, PAPER_RULE)) == 0
+    m = soft_match(views, crop_track, n, co, MatchConfig(neighbour_k=3))
+    assert len(m) >= n and not m.by_normal.any()
+    assert np.all(ident[m.track_a] == ident[m.track_b])
+    assert np.all(m.track_a < m.track_b) and not ((m.track_a == 0) & (m.track_b == 1)).any()
+    # log-pdf and threshold are still the Normal rule's numbers for the pair (below the threshold)
+    assert np.all(np.isfinite(m.log_pdf)) and np.all(m.log_pdf <= m.threshold)
+
+
+def test_mutual_neighbours_are_mutual_and_row_block_independent(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vcn_assets.core.soft_match as sm
+
+    views, crop_track, ident = _far_tracks(4, 5, seed=1)
+    n = len(ident)
+    x = views / np.linalg.norm(views, axis=1, keepdims=True)
+    means = np.stack([x[crop_track == t].mean(0) for t in range(n)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    sim = means @ means.T
+    np.fill_diagonal(sim, -np.inf)
+    near = np.argsort(-sim, 1)[:, :2]
+    want = sorted((a, b) for a in range(n) for b in near[a] if a < b and a in near[b])
+    a, b = sm.mutual_neighbours(views, crop_track, n, None, 2)
+    assert sorted(zip(a.tolist(), b.tolist())) == want
+    monkeypatch.setattr(sm, "ROW_BLOCK", 3)
+    a3, b3 = sm.mutual_neighbours(views, crop_track, n, sp.csr_matrix((n, n), dtype=bool), 2)
+    assert sorted(zip(a3.tolist(), b3.tolist())) == want
+    whole = soft_match(views, crop_track, n, None, MatchConfig(neighbour_k=2))
+    monkeypatch.setattr(sm, "ROW_BLOCK", 256)
+    assert len(whole) and not whole.by_normal.all()
+    again = soft_match(views, crop_track, n, None, MatchConfig(neighbour_k=2))
+    for field in ("track_a", "track_b", "log_pdf", "threshold"):
+        assert np.array_equal(getattr(whole, field), getattr(again, field))
 
 
 def test_soft_match_row_blocks_give_the_same_matches(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -132,8 +186,8 @@ def test_soft_match_row_blocks_give_the_same_matches(monkeypatch: pytest.MonkeyP
 def test_soft_match_keeps_each_tracks_best_matches_up_to_the_cap() -> None:
     views, crop_track, ident = _blob_views(2, 12, 8)
     n = len(ident)
-    free = soft_match(views[:, 0], crop_track, n, None, MatchConfig(max_matches_per_track=0))
-    capped = soft_match(views[:, 0], crop_track, n, None, MatchConfig(max_matches_per_track=3))
+    free = soft_match(views[:, 0], crop_track, n, None, MatchConfig(max_matches_per_track=0, neighbour_k=0))
+    capped = soft_match(views[:, 0], crop_track, n, None, MatchConfig(max_matches_per_track=3, neighbour_k=0))
     per_track = np.bincount(free.track_a, minlength=n)
     assert per_track.max() > 3  # the cap binds
     assert np.bincount(capped.track_a, minlength=n).max() <= 3

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from vcn_assets.bench.frontend_metrics import Case, match_boxes, track_identities
@@ -47,6 +48,7 @@ from vcn_assets.core.crops import VALID
 from vcn_assets.core.identity import ClusterInputs, cluster_movie, cooccurrence
 from vcn_assets.core.metrics import clustering_report
 from vcn_assets.core.pipeline import Stage1Result
+from vcn_assets.core.soft_match import SoftMatches
 
 METHOD_NAMES: tuple[str, ...] = ("vcn", "vcn_no_finetune", "ahc", "hdbscan", "chinese_whispers", "finch")
 GT_UNKNOWN_POLICY = "own identity"
@@ -78,6 +80,7 @@ class MethodRun:
     labels: NDArray[np.int64]
     seconds: dict[str, float]
     suggestions: MergeSuggestions | None = None  # vcn's Stage 4 merge suggestions
+    round_matches: list[SoftMatches] | None = None  # vcn's Stage 3 matches, one entry per round
 
 
 # ---------------------------------------------------------------- inputs
@@ -141,7 +144,8 @@ def track_identity(case: Case, result: Stage1Result, iou_min: float = 0.5) -> ND
 def _vcn(data: ClusterData, cfgs: MethodConfigs, rounds: int | None) -> MethodRun:
     ft = cfgs.finetune if rounds is None else dataclasses.replace(cfgs.finetune, rounds=rounds)
     out = cluster_movie(data.inputs, ft, cfgs.match, cfgs.cluster)
-    return MethodRun(out.cluster_of_track[data.inputs.valid_index], dict(out.seconds), out.suggestions)
+    return MethodRun(out.cluster_of_track[data.inputs.valid_index], dict(out.seconds), out.suggestions,
+                     out.finetune.round_matches)
 
 
 Baseline = Callable[[ClusterData], NDArray[np.int64]]
@@ -234,6 +238,32 @@ def suggestion_report(identity: Sequence[str | None], status: Sequence[str], lab
     return {"split_clusters": len(split), "rank1_same_identity": rank1, "top_k_same_identity": top}
 
 
+def match_report(identity: Sequence[str | None], cannot_link: sp.spmatrix, matches: SoftMatches) -> dict[str, Any]:
+    """Stage 3's pairs against the ground truth, over the valid tracks (``identity`` (T_valid,), None
+    for a track matching no GT box): unordered ``pairs``; ``scored`` (both tracks identified);
+    ``same_identity``; ``precision`` = same / scored; ``recall`` = same / all same-identity pairs of
+    identified tracks that do not share a frame; ``by_normal``: pairs the paper's rule made (in
+    either direction)."""
+    ident = np.asarray(list(identity), dtype=object)
+    n = len(ident)
+    codes = np.unique([i for i in ident if i is not None], return_inverse=True)[1] if n else np.zeros(0, np.int64)
+    code = np.full(n, -1, np.int64)
+    code[[i for i in range(n) if ident[i] is not None]] = codes
+    lo, hi = np.minimum(matches.track_a, matches.track_b), np.maximum(matches.track_a, matches.track_b)
+    key, inverse = np.unique(lo * n + hi, return_inverse=True)
+    a, b = key // max(n, 1), key % max(n, 1)
+    scored = (code[a] >= 0) & (code[b] >= 0)
+    same = scored & (code[a] == code[b])
+    sizes = np.bincount(code[code >= 0])
+    ca, cb = sp.triu(sp.csr_matrix(cannot_link, dtype=bool), 1).nonzero()
+    apart = int(((code[ca] >= 0) & (code[ca] == code[cb])).sum())
+    possible = int((sizes * (sizes - 1) // 2).sum()) - apart
+    ratio = lambda x, y: float(x) / y if y else float("nan")
+    return {"pairs": len(key), "scored": int(scored.sum()), "same_identity": int(same.sum()),
+            "precision": ratio(same.sum(), scored.sum()), "recall": ratio(same.sum(), possible),
+            "by_normal": int((np.bincount(inverse, weights=matches.by_normal, minlength=len(key)) > 0).sum())}
+
+
 def evaluate_case(
     case: Case, result: Stage1Result, methods: Sequence[str], cfgs: MethodConfigs
 ) -> dict[str, Any]:
@@ -254,6 +284,10 @@ def evaluate_case(
         scores[name] = {**evaluate(identity, status, run.labels), "seconds": seconds}
         if run.suggestions is not None:
             scores[name]["merge_suggestions"] = suggestion_report(identity, status, run.labels, run.suggestions)
+        if run.round_matches:
+            valid_ident = identity[data.inputs.valid_index]
+            scores[name]["soft_matches"] = [match_report(valid_ident, data.inputs.cannot_link, m)
+                                            for m in run.round_matches]
         if name == "vcn":
             stage_seconds = {k: round(v, 3) for k, v in run.seconds.items()}
     return {"gt_unknown_policy": GT_UNKNOWN_POLICY, **track_counts(identity, status),

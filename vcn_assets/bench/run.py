@@ -171,7 +171,15 @@ def methods_table(r: dict[str, Any]) -> str:
              f"{first.get('n_identities', 0)} identities (GT unknowns: {r['gt_unknown_policy']}); "
              f"{r['n_tracks_unmatched']} unmatched tracks left out, unknown_share {_fmt(r['unknown_share'])}")
     rows = [[name, *(m[c] for c in cols)] for name, m in r["methods"].items()]
-    return "\n".join([title, *_rows(["method", *cols], rows)])
+    return "\n".join([title, *_rows(["method", *cols], rows), *_matches_line(r["methods"].get("vcn", {}))])
+
+
+def _matches_line(vcn: dict[str, Any]) -> list[str]:
+    """vcn's Stage 3 pairs per round against the ground truth (empty when vcn did not run)."""
+    rounds = vcn.get("soft_matches") or []
+    parts = [f"round {i}: {m['pairs']} pairs ({m['by_normal']} by the Normal rule), precision "
+             f"{_fmt(m['precision'])}, recall {_fmt(m['recall'])}" for i, m in enumerate(rounds, start=1)]
+    return ["vcn soft matches: " + "; ".join(parts)] if parts else []
 
 
 def table(results: list[dict[str, Any]]) -> str:

@@ -179,6 +179,7 @@ def soft_matches(context: dg.AssetExecutionContext, config: MatchRun, vcn: VcnRe
         frames = {"soft_matches": tables.matches_frame(key, rounds, track_ids[inputs.valid_index])}
         return Computed(frames, {
             "n_matches_final": len(final), "n_matches_per_round": [len(m) for m in ft.round_matches],
+            "n_mutual_neighbour_matches_final": int((~final.by_normal).sum()),
             "round_0_is": "final student",
         }, tables.data_version(frames))
 

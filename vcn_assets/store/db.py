@@ -50,8 +50,10 @@ SCHEMA: dict[str, str] = {
     "checkpoints": """movie_key VARCHAR, path VARCHAR, sha256 VARCHAR, n_tracks INTEGER, n_crops INTEGER,
         rounds VARCHAR""",
     "finetune_loss": "movie_key VARCHAR, step INTEGER, round INTEGER, loss FLOAT",
+    # rule: "normal" (the paper's: matched_track's mean inside track's Normal, log_pdf > threshold) or
+    # "mutual_neighbours" (each among the other's nearest tracks, MatchConfig.neighbour_k)
     "soft_matches": """movie_key VARCHAR, round INTEGER, track_id INTEGER, matched_track_id INTEGER,
-        log_pdf DOUBLE, threshold DOUBLE""",
+        log_pdf DOUBLE, threshold DOUBLE, rule VARCHAR""",
     # status: valid / unknown (quality outlier) / no_crops / not_face (a user correction); name: the
     # user's name for the track's cluster (from the corrections file), NULL when unnamed.
     "clusters": "movie_key VARCHAR, track_id INTEGER, cluster_id INTEGER, status VARCHAR, name VARCHAR",

@@ -171,10 +171,11 @@ def matches_frame(movie_key: str, rounds: list, track_ids: np.ndarray) -> pl.Dat
             "track_id": track_ids[m.track_a].astype(np.int32),
             "matched_track_id": track_ids[m.track_b].astype(np.int32),
             "log_pdf": m.log_pdf, "threshold": m.threshold,
+            "rule": np.where(m.by_normal, "normal", "mutual_neighbours"),
         }))
     return pl.concat(parts) if parts else pl.DataFrame(schema={
         "movie_key": pl.String, "round": pl.Int32, "track_id": pl.Int32, "matched_track_id": pl.Int32,
-        "log_pdf": pl.Float64, "threshold": pl.Float64})
+        "log_pdf": pl.Float64, "threshold": pl.Float64, "rule": pl.String})
 
 
 def suggestions_frame(movie_key: str, s) -> pl.DataFrame:
