@@ -256,9 +256,9 @@ class MatchConfig:
         "Beyond the paper: also match two tracks that are each other's k nearest neighbours (cosine of "
         "mean student embeddings, never two tracks sharing a frame); 0 = the paper's Normal rule only. "
         "The Normal rule finds few same-person pairs because a track's crops are far more alike than two "
-        "tracks of one person (measured: 2-14% of them on the dev cases), and without those pairs Stage 4 "
-        "leaves each person in 2-3 clusters. Chosen on 4 held-out LFW episodes (vcn make-case), never on "
-        "the dev cases: final B-cubed F 0.85-0.97 at 3 vs 0.72-0.73 at 0; 4 scored 0.95-0.98; 5 merged "
+        "tracks of one person (measured: 3-16% of them on three dev cases, 65% on sadtalker), and "
+        "without them Stage 4 leaves each person in 2-3 clusters. Chosen on 4 held-out LFW episodes (vcn "
+        "make-case), never on the dev cases: final B-cubed F 0.85-0.97 at 3 vs 0.72-0.81 at 0; 4 scored 0.95-0.98; 5 merged "
         "different people (WCP 0.935-0.978). 3 keeps a step of margin below where merges went wrong.",
     )
     max_matches_per_track: int = knob(

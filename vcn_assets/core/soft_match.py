@@ -21,8 +21,8 @@ left out.
 Beyond the paper (``MatchConfig.neighbour_k``, 0 turns it off): two tracks that are each other's
 k nearest neighbours (cosine of their mean student embeddings; never two tracks sharing a frame) are
 matched too. The paper's rule compares another track's mean with the spread of a track's own crops,
-and a track's crops are far more alike than two tracks of one person: on the dev cases it finds
-2-14% of the same-person pairs (measured), and Stage 4 then leaves each person in 2-3 clusters. With
+and a track's crops are far more alike than two tracks of one person: on three of the dev cases it
+finds 3-16% of the same-person pairs (measured), and Stage 4 then leaves each person in 2-3 clusters. With
 every same-person pair supplied (an oracle experiment), Stages 2 and 4 as specified reach PCR 1.0-1.2:
 the missing piece is the pairs. Mutual neighbours supply most of them. ``SoftMatches.by_normal``
 tells the two kinds apart (a neighbour pair's log-pdf is below its threshold).
