@@ -160,6 +160,7 @@ def test_mutual_neighbours_are_mutual_and_row_block_independent(monkeypatch: pyt
     monkeypatch.setattr(sm, "ROW_BLOCK", 3)
     a3, b3 = sm.mutual_neighbours(views, crop_track, n, sp.csr_matrix((n, n), dtype=bool), 2)
     assert sorted(zip(a3.tolist(), b3.tolist())) == want
+    assert all(len(x) == 0 for x in sm.mutual_neighbours(views[:6], crop_track[:6], 1, None, 3))  # one track
     whole = soft_match(views, crop_track, n, None, MatchConfig(neighbour_k=2))
     monkeypatch.setattr(sm, "ROW_BLOCK", 256)
     assert len(whole) and not whole.by_normal.all()

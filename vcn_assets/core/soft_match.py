@@ -171,6 +171,8 @@ def mutual_neighbours(emb: NDArray[np.float32], crop_track: NDArray[np.int64], n
     m = _track_means(x, crop_track, n_tracks)
     m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
     k = min(k, n_tracks - 1)
+    if k <= 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
     near = np.concatenate([_nearest_block(m, cannot_link, lo, min(lo + ROW_BLOCK, n_tracks), k)
                            for lo in range(0, n_tracks, ROW_BLOCK)])
     rows = np.repeat(np.arange(n_tracks), k)
