@@ -252,14 +252,16 @@ class MatchConfig:
         0.25, "Track threshold = mean pdf of its lowest-scoring share of own crops (paper: lowest 25%)."
     )
     neighbour_k: int = knob(
-        3,
-        "Beyond the paper: also match two tracks that are each other's k nearest neighbours (cosine of "
-        "mean student embeddings, never two tracks sharing a frame); 0 = the paper's Normal rule only. "
+        0,
+        "Beyond the paper, off by default: also match two tracks that are each other's k nearest neighbours "
+        "(cosine of mean student embeddings, never two tracks sharing a frame); 0 = the paper's Normal rule "
+        "only. On the generated demo sample (18 tracks of 8 people, ~2 tracks each) k=3 merged two people "
+        "(WCP 0.889): with fewer tracks per person than k, a track's neighbours include other people. "
         "The Normal rule finds few same-person pairs because a track's crops are far more alike than two "
         "tracks of one person (measured: 3-16% of them on three dev cases, 65% on sadtalker), and "
-        "without them Stage 4 leaves each person in 2-3 clusters. Chosen on 4 held-out LFW episodes (vcn "
-        "make-case), never on the dev cases: final B-cubed F 0.85-0.97 at 3 vs 0.72-0.81 at 0; 4 scored 0.95-0.98; 5 merged "
-        "different people (WCP 0.935-0.978). 3 keeps a step of margin below where merges went wrong.",
+        "without them Stage 4 leaves each person in 2-3 clusters. On 4 held-out LFW episodes (vcn "
+        "make-case, ~4-8 tracks per person): final B-cubed F 0.85-0.97 at 3 vs 0.72-0.81 at 0; 4 scored 0.95-0.98; 5 merged "
+        "different people (WCP 0.935-0.978). Try 3 on movies whose people have several tracks each.",
     )
     max_matches_per_track: int = knob(
         50,

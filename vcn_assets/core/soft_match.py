@@ -18,7 +18,7 @@ threshold_T = log(mean of the lowest 25% of the pdfs of T's own crops) (computed
 The whitening's log-determinant shifts every log-pdf and threshold by the same constant; it is
 left out.
 
-Beyond the paper (``MatchConfig.neighbour_k``, 0 turns it off): two tracks that are each other's
+Beyond the paper, off by default (``MatchConfig.neighbour_k`` > 0): two tracks that are each other's
 k nearest neighbours (cosine of their mean student embeddings; never two tracks sharing a frame) are
 matched too. The paper's rule compares another track's mean with the spread of a track's own crops,
 and a track's crops are far more alike than two tracks of one person: on three of the dev cases it
