@@ -106,7 +106,7 @@ def _blob_views(n_id: int, tracks_per_id: int, crops: int, dim: int = 16, seed: 
     return np.array(views, np.float32), np.array(crop_track), np.array(ident)
 
 
-PAPER_RULE = MatchConfig(neighbour_k=0)
+PAPER_RULE = MatchConfig(max_neighbours=0)
 
 
 def test_soft_match_links_same_identity_tracks_only() -> None:
@@ -135,7 +135,7 @@ def test_mutual_neighbours_add_the_pairs_the_normal_rule_misses() -> None:
     co = np.zeros((n, n), bool)
     co[0, 1] = co[1, 0] = True  # tracks 0 and 1 share a frame: never paired
     assert len(soft_match(views, crop_track, n, co, PAPER_RULE)) == 0
-    m = soft_match(views, crop_track, n, co, MatchConfig(neighbour_k=3))
+    m = soft_match(views, crop_track, n, co, MatchConfig(max_neighbours=5))
     assert len(m) >= n and not m.by_normal.any()
     assert np.all(ident[m.track_a] == ident[m.track_b])
     assert np.all(m.track_a < m.track_b) and not ((m.track_a == 0) & (m.track_b == 1)).any()
@@ -143,28 +143,61 @@ def test_mutual_neighbours_add_the_pairs_the_normal_rule_misses() -> None:
     assert np.all(np.isfinite(m.log_pdf)) and np.all(m.log_pdf <= m.threshold)
 
 
-def test_mutual_neighbours_are_mutual_and_row_block_independent(monkeypatch: pytest.MonkeyPatch) -> None:
+def _reference_neighbour_pairs(views, crop_track, n, cannot_link, cap):
+    """The documented rule, written plainly: a track's set = its nearest allowed tracks before the
+    largest drop among its cap + 1 nearest (none with fewer than two allowed); pairs = mutual."""
+    x = views / np.linalg.norm(views, axis=1, keepdims=True)
+    means = np.stack([x[crop_track == t].mean(0) for t in range(n)])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    sets = []
+    for a in range(n):
+        allowed = [b for b in range(n) if b != a and not (cannot_link is not None and cannot_link[a, b])]
+        near = sorted(allowed, key=lambda b: -(means[a] @ means[b]))[: cap + 1]
+        sims = [means[a] @ means[b] for b in near]
+        drops = [sims[i] - sims[i + 1] for i in range(len(sims) - 1)]
+        sets.append(set(near[: int(np.argmax(drops)) + 1]) if drops else set())
+    return sorted((a, b) for a in range(n) for b in sets[a] if a < b and a in sets[b])
+
+
+def test_mutual_neighbours_follow_the_largest_similarity_drop(monkeypatch: pytest.MonkeyPatch) -> None:
     import vcn_assets.core.soft_match as sm
 
     views, crop_track, ident = _far_tracks(4, 5, seed=1)
     n = len(ident)
-    x = views / np.linalg.norm(views, axis=1, keepdims=True)
-    means = np.stack([x[crop_track == t].mean(0) for t in range(n)])
-    means /= np.linalg.norm(means, axis=1, keepdims=True)
-    sim = means @ means.T
-    np.fill_diagonal(sim, -np.inf)
-    near = np.argsort(-sim, 1)[:, :2]
-    want = sorted((a, b) for a in range(n) for b in near[a] if a < b and a in near[b])
-    a, b = sm.mutual_neighbours(views, crop_track, n, None, 2)
-    assert sorted(zip(a.tolist(), b.tolist())) == want
+    co = np.zeros((n, n), bool)
+    co[2, 7] = co[7, 2] = True
+    for cap in (1, 3, 5, 30):
+        want = _reference_neighbour_pairs(views, crop_track, n, co, cap)
+        for block in (256, 3):
+            monkeypatch.setattr(sm, "ROW_BLOCK", block)
+            a, b = sm.mutual_neighbours(views, crop_track, n, sp.csr_matrix(co), cap)
+            assert sorted(zip(a.tolist(), b.tolist())) == want, (cap, block)
+    assert len(want) and all(ident[a] == ident[b] for a, b in want)
+
+
+def test_mutual_neighbours_adapt_to_people_with_few_tracks() -> None:
+    """Two tracks per person: a fixed k of 3 would pair other people; the drop keeps each pair."""
+    import vcn_assets.core.soft_match as sm
+
+    views, crop_track, ident = _far_tracks(6, 2, seed=2)
+    a, b = sm.mutual_neighbours(views, crop_track, len(ident), None, 5)
+    assert sorted(zip(a.tolist(), b.tolist())) == [(2 * i, 2 * i + 1) for i in range(6)]
+    # one other track only (no drop to measure) or a single track: no pair
+    two = crop_track < 2
+    assert all(len(x) == 0 for x in sm.mutual_neighbours(views[two], crop_track[two], 2, None, 5))
+    one = crop_track == 0
+    assert all(len(x) == 0 for x in sm.mutual_neighbours(views[one], crop_track[one], 1, None, 5))
+
+
+def test_soft_match_with_neighbours_is_row_block_independent(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vcn_assets.core.soft_match as sm
+
+    views, crop_track, ident = _far_tracks(4, 5, seed=1)
+    n = len(ident)
+    whole = soft_match(views, crop_track, n, None, MatchConfig(max_neighbours=5))
     monkeypatch.setattr(sm, "ROW_BLOCK", 3)
-    a3, b3 = sm.mutual_neighbours(views, crop_track, n, sp.csr_matrix((n, n), dtype=bool), 2)
-    assert sorted(zip(a3.tolist(), b3.tolist())) == want
-    assert all(len(x) == 0 for x in sm.mutual_neighbours(views[:6], crop_track[:6], 1, None, 3))  # one track
-    whole = soft_match(views, crop_track, n, None, MatchConfig(neighbour_k=2))
-    monkeypatch.setattr(sm, "ROW_BLOCK", 256)
     assert len(whole) and not whole.by_normal.all()
-    again = soft_match(views, crop_track, n, None, MatchConfig(neighbour_k=2))
+    again = soft_match(views, crop_track, n, None, MatchConfig(max_neighbours=5))
     for field in ("track_a", "track_b", "log_pdf", "threshold"):
         assert np.array_equal(getattr(whole, field), getattr(again, field))
 
@@ -187,8 +220,8 @@ def test_soft_match_row_blocks_give_the_same_matches(monkeypatch: pytest.MonkeyP
 def test_soft_match_keeps_each_tracks_best_matches_up_to_the_cap() -> None:
     views, crop_track, ident = _blob_views(2, 12, 8)
     n = len(ident)
-    free = soft_match(views[:, 0], crop_track, n, None, MatchConfig(max_matches_per_track=0, neighbour_k=0))
-    capped = soft_match(views[:, 0], crop_track, n, None, MatchConfig(max_matches_per_track=3, neighbour_k=0))
+    free = soft_match(views[:, 0], crop_track, n, None, MatchConfig(max_matches_per_track=0, max_neighbours=0))
+    capped = soft_match(views[:, 0], crop_track, n, None, MatchConfig(max_matches_per_track=3, max_neighbours=0))
     per_track = np.bincount(free.track_a, minlength=n)
     assert per_track.max() > 3  # the cap binds
     assert np.bincount(capped.track_a, minlength=n).max() <= 3

@@ -251,17 +251,20 @@ class MatchConfig:
     low_quantile: float = knob(
         0.25, "Track threshold = mean pdf of its lowest-scoring share of own crops (paper: lowest 25%)."
     )
-    neighbour_k: int = knob(
-        0,
-        "Beyond the paper, off by default: also match two tracks that are each other's k nearest neighbours "
-        "(cosine of mean student embeddings, never two tracks sharing a frame); 0 = the paper's Normal rule "
-        "only. On the generated demo sample (18 tracks of 8 people, ~2 tracks each) k=3 merged two people "
-        "(WCP 0.889): with fewer tracks per person than k, a track's neighbours include other people. "
-        "The Normal rule finds few same-person pairs because a track's crops are far more alike than two "
-        "tracks of one person (measured: 3-16% of them on three dev cases, 65% on sadtalker), and "
-        "without them Stage 4 leaves each person in 2-3 clusters. On 4 held-out LFW episodes (vcn "
-        "make-case, ~4-8 tracks per person): final B-cubed F 0.85-0.97 at 3 vs 0.72-0.81 at 0; 4 scored 0.95-0.98; 5 merged "
-        "different people (WCP 0.935-0.978). Try 3 on movies whose people have several tracks each.",
+    max_neighbours: int = knob(
+        12,
+        "Beyond the paper: also match two tracks that are each in the other's neighbour set: its nearest "
+        "tracks (cosine of mean student embeddings; never one sharing a frame) up to the largest drop in "
+        "similarity among its max_neighbours + 1 nearest. 0 = the paper's Normal rule only. The Normal "
+        "rule finds few same-person pairs, because a track's crops are far more alike than two tracks of "
+        "one person (measured round-1 recall: 3-16% on three dev cases), and without those pairs Stage 4 "
+        "leaves each person in 2-3 clusters. The drop adapts the set to each person's number of tracks; a "
+        "fixed k does not: k=3 merged two people on the generated demo sample (2 tracks per person). "
+        "Chosen on 12 held-out cases (generated demo samples and vcn make-case LFW episodes with 2, 4-8 "
+        "and ~11 tracks per person), never on the dev cases: the smallest cap with the best held-out "
+        "scores. Caps 12 and 20 scored the same on all 12 (WCP 1.0 everywhere); 5 and 8 left people "
+        "with ~11 tracks split (B-cubed F 0.67-0.75 vs 0.89 at 12). Each track is compared with every "
+        "other in row blocks; the cap bounds the pairs per track.",
     )
     max_matches_per_track: int = knob(
         50,

@@ -18,14 +18,16 @@ threshold_T = log(mean of the lowest 25% of the pdfs of T's own crops) (computed
 The whitening's log-determinant shifts every log-pdf and threshold by the same constant; it is
 left out.
 
-Beyond the paper, off by default (``MatchConfig.neighbour_k`` > 0): two tracks that are each other's
-k nearest neighbours (cosine of their mean student embeddings; never two tracks sharing a frame) are
-matched too. The paper's rule compares another track's mean with the spread of a track's own crops,
-and a track's crops are far more alike than two tracks of one person: on three of the dev cases it
-finds 3-16% of the same-person pairs (measured), and Stage 4 then leaves each person in 2-3 clusters. With
-every same-person pair supplied (an oracle experiment), Stages 2 and 4 as specified reach PCR 1.0-1.2:
-the missing piece is the pairs. Mutual neighbours supply most of them. ``SoftMatches.by_normal``
-tells the two kinds apart (a neighbour pair's log-pdf is below its threshold).
+Beyond the paper (``MatchConfig.max_neighbours``; 0 turns it off): two tracks are also matched
+when each is in the other's neighbour set: its nearest tracks by cosine of mean student embeddings
+(never one sharing a frame), up to the largest drop in similarity among its ``max_neighbours + 1``
+nearest, so the set follows how many tracks the person has (a fixed k pairs other people once a
+person has fewer tracks than k). The paper's rule compares another track's mean with the spread of
+a track's own crops, and a track's crops are far more alike than two tracks of one person: on three
+of the dev cases it finds 3-16% of the same-person pairs (measured), and Stage 4 then leaves each
+person in 2-3 clusters. With every same-person pair supplied (an oracle experiment), Stages 2 and 4
+as specified reach PCR 1.0-1.2: the missing piece is the pairs. ``SoftMatches.by_normal`` tells the
+two kinds apart (a neighbour pair's log-pdf is below its threshold).
 """
 
 from __future__ import annotations
@@ -156,43 +158,51 @@ def soft_match(
     parts = [_match_block(mu, var, thr, cannot_link, lo, min(lo + ROW_BLOCK, n_tracks), cfg.max_matches_per_track)
              for lo in range(0, n_tracks, ROW_BLOCK)]
     a, b, score = (np.concatenate(x) for x in zip(*parts))
-    if cfg.neighbour_k > 0:
-        na, nb = _new_pairs(mutual_neighbours(emb, crop_track, n_tracks, cannot_link, cfg.neighbour_k), a, b, n_tracks)
+    if cfg.max_neighbours > 0:
+        na, nb = _new_pairs(mutual_neighbours(emb, crop_track, n_tracks, cannot_link, cfg.max_neighbours), a, b, n_tracks)
         a, b = np.concatenate([a, na]), np.concatenate([b, nb])
         score = np.concatenate([score, _pair_log_pdf(mu, var, na, nb)])
     return SoftMatches(a, b, score, thr[a])
 
 
 def mutual_neighbours(emb: NDArray[np.float32], crop_track: NDArray[np.int64], n_tracks: int,
-                      cannot_link: sp.spmatrix | NDArray[np.bool_] | None, k: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Pairs (a < b) of tracks each among the other's ``k`` nearest (cosine of the mean unit-norm
-    embedding), leaving out pairs in ``cannot_link``; ``ROW_BLOCK`` rows of similarities at a time."""
+                      cannot_link: sp.spmatrix | NDArray[np.bool_] | None, cap: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Pairs (a < b) of tracks each in the other's neighbour set (:func:`_neighbour_block`; cosine of the
+    mean unit-norm embedding), leaving out pairs in ``cannot_link``; ``ROW_BLOCK`` rows at a time."""
     x = emb.astype(np.float64) / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     m = _track_means(x, crop_track, n_tracks)
     m /= np.maximum(np.linalg.norm(m, axis=1, keepdims=True), 1e-12)
-    k = min(k, n_tracks - 1)
-    if k <= 0:
+    width = min(cap + 1, n_tracks - 1)
+    if cap <= 0 or width < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    near = np.concatenate([_nearest_block(m, cannot_link, lo, min(lo + ROW_BLOCK, n_tracks), k)
+    near = np.concatenate([_neighbour_block(m, cannot_link, lo, min(lo + ROW_BLOCK, n_tracks), width)
                            for lo in range(0, n_tracks, ROW_BLOCK)])
-    rows = np.repeat(np.arange(n_tracks), k)
+    rows = np.repeat(np.arange(n_tracks), near.shape[1])
     cols = near.ravel()
     ok = cols >= 0
-    key = rows[ok] * n_tracks + cols[ok]
-    mutual = np.isin(key, cols[ok] * n_tracks + rows[ok]) & (rows[ok] < cols[ok])
-    return rows[ok][mutual].astype(np.int64), cols[ok][mutual].astype(np.int64)
+    rows, cols = rows[ok], cols[ok]
+    mutual = np.isin(rows * n_tracks + cols, cols * n_tracks + rows) & (rows < cols)
+    return rows[mutual].astype(np.int64), cols[mutual].astype(np.int64)
 
 
-def _nearest_block(m: NDArray[np.float64], cannot_link: sp.spmatrix | NDArray[np.bool_] | None, lo: int, hi: int,
-                   k: int) -> NDArray[np.int64]:
-    """(hi - lo, k) indices of each row's k most similar tracks; -1 where fewer are allowed."""
+def _neighbour_block(m: NDArray[np.float64], cannot_link: sp.spmatrix | NDArray[np.bool_] | None, lo: int, hi: int,
+                     width: int) -> NDArray[np.int64]:
+    """(hi - lo, width - 1) neighbour sets, -1 padded: of each row's ``width`` most similar allowed
+    tracks (sorted), those before the largest drop between consecutive similarities."""
     sim = m[lo:hi] @ m.T
     sim[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
     if cannot_link is not None:
         rows = cannot_link[lo:hi]
         sim[rows.toarray() if sp.issparse(rows) else rows] = -np.inf
-    top = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    return np.where(np.isfinite(np.take_along_axis(sim, top, 1)), top, -1)
+    top = np.argpartition(-sim, width - 1, axis=1)[:, :width]
+    vals = np.take_along_axis(sim, top, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")
+    top, vals = np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
+    drops = vals[:, :-1] - vals[:, 1:]
+    drops[~np.isfinite(drops)] = -np.inf  # no drop into a missing (disallowed) track
+    keep = np.arange(width - 1)[None, :] <= drops.argmax(1)[:, None]
+    keep &= np.isfinite(drops).any(1)[:, None]  # fewer than two allowed tracks: no drop, no neighbours
+    return np.where(keep, top[:, :-1], -1)
 
 
 def _new_pairs(pairs: tuple[NDArray[np.int64], NDArray[np.int64]], a: NDArray[np.int64], b: NDArray[np.int64],

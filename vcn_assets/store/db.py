@@ -51,7 +51,7 @@ SCHEMA: dict[str, str] = {
         rounds VARCHAR""",
     "finetune_loss": "movie_key VARCHAR, step INTEGER, round INTEGER, loss FLOAT",
     # rule: "normal" (the paper's: matched_track's mean inside track's Normal, log_pdf > threshold) or
-    # "mutual_neighbours" (each among the other's nearest tracks, MatchConfig.neighbour_k)
+    # "mutual_neighbours" (each in the other's set of nearest tracks, MatchConfig.max_neighbours)
     "soft_matches": """movie_key VARCHAR, round INTEGER, track_id INTEGER, matched_track_id INTEGER,
         log_pdf DOUBLE, threshold DOUBLE, rule VARCHAR""",
     # status: valid / unknown (quality outlier) / no_crops / not_face (a user correction); name: the
