@@ -207,7 +207,11 @@ class FinetuneConfig:
     lr: float = knob(1e-3, "AdamW learning rate (head-sized network, short schedule).")
     weight_decay: float = knob(0.04, "AdamW weight decay (DINO's starting value).")
     match_prob: float = knob(
-        0.5, "From round 2: chance that a pair's second crop comes from a soft-matched track instead."
+        0.8,
+        "From round 2: chance that a pair's second crop comes from a soft-matched track instead (the rest "
+        "stay same-track pairs). Chosen on the 12 held-out cases of Stage 3's max_neighbours: mean B-cubed "
+        "F 0.964 at 0.5, 0.970 at 0.8, 0.971 at 1.0 (1.0 would drop same-track pairs for matched tracks), "
+        "WCP 1.0 at all three.",
     )
     feature_noise: float = knob(
         0.02,
