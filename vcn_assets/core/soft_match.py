@@ -26,7 +26,7 @@ person has fewer tracks than k). The paper's rule compares another track's mean 
 a track's own crops, and a track's crops are far more alike than two tracks of one person: on three
 of the dev cases it finds 3-16% of the same-person pairs (measured), and Stage 4 then leaves each
 person in 2-3 clusters. With every same-person pair supplied (an oracle experiment), Stages 2 and 4
-as specified reach PCR 1.0-1.2: the missing piece is the pairs. ``SoftMatches.by_normal`` tells the
+as specified reach PCR 1.0-1.2: most of what was missing is the pairs. ``SoftMatches.by_normal`` tells the
 two kinds apart (a neighbour pair's log-pdf is below its threshold).
 """
 
