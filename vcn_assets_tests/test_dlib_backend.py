@@ -113,16 +113,13 @@ def test_demo_sample_has_no_wrong_merge_and_no_split(tmp_path: Path) -> None:
     person in one cluster of their own. A fixed number of Stage 3 neighbours (k=3) merged two people
     here (WCP 0.889); the paper's Stage 3 rule alone also gets this sample right."""
     from vcn_assets.bench.clustering_eval import MethodConfigs, evaluate_case
+    from vcn_assets.bench.run import stage1
     from vcn_assets.core.config import ModelConfig
-    from vcn_assets.core.pipeline import PipelineConfig, run_stage1
-    from vcn_assets.models.registry import build_models
+    from vcn_assets.core.pipeline import PipelineConfig
 
-    case_dir = make_sample_case(tmp_path / "demo", SampleSpec()).parent
-    cfg = PipelineConfig()
-    models = build_models(ModelConfig(backend="dlib"), cfg.tracks.min_face_px, cfg.tracks.min_score,
-                          cfg.tracks.detect_max_side)
-    scores = evaluate_case(load_case(case_dir), run_stage1(case_dir / "movie.mp4", cfg, models), ("vcn",),
-                           MethodConfigs())
+    case = load_case(make_sample_case(tmp_path / "demo", SampleSpec()).parent)
+    result, _, _ = stage1(case, PipelineConfig(), ModelConfig(backend="dlib"), cache_dir=None)
+    scores = evaluate_case(case, result, ("vcn",), MethodConfigs())
     vcn = scores["methods"]["vcn"]
     assert vcn["n_tracks_evaluated"] >= 14 and vcn["n_identities"] == 8
     assert vcn["wcp"] == 1.0 and vcn["pcr"] == 1.0

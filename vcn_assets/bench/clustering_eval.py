@@ -246,9 +246,9 @@ def match_report(identity: Sequence[str | None], cannot_link: sp.spmatrix, match
     either direction)."""
     ident = np.asarray(list(identity), dtype=object)
     n = len(ident)
-    codes = np.unique([i for i in ident if i is not None], return_inverse=True)[1] if n else np.zeros(0, np.int64)
-    code = np.full(n, -1, np.int64)
-    code[[i for i in range(n) if ident[i] is not None]] = codes
+    known = _is_matched(ident)
+    code = np.full(n, -1, np.int64)  # identity index, -1 for a track matching no GT box
+    code[known] = np.unique(ident[known].astype(str), return_inverse=True)[1]
     lo, hi = np.minimum(matches.track_a, matches.track_b), np.maximum(matches.track_a, matches.track_b)
     key, inverse = np.unique(lo * n + hi, return_inverse=True)
     a, b = key // max(n, 1), key % max(n, 1)
