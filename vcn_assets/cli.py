@@ -117,7 +117,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     except ValueError as e:
         raise SystemExit(f"vcn bench: {e}") from e
     results = run_bench([Path(c) for c in args.cases], args.json, ModelConfig(backend=args.backend),
-                        methods=methods, cache_dir=args.cache, repeat=args.repeat)
+                        methods=methods, cache_dir=args.cache, repeat=args.repeat, seeds=args.seeds)
     print(table(results))
 
 
@@ -355,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "case name, sha256 of movie.mp4, PipelineConfig and backend) and reuse it, so "
                         "clustering can be iterated without re-running detection; clear DIR after "
                         "changing Stage 1 code")
+    b.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
+                   help="Stage 2 seeds: vcn is scored at the first (methods.vcn) and also run at the others "
+                        "(methods.vcn.seeds: each seed's WCP/PCR/B-cubed F, the median and the lowest)")
     b.set_defaults(fn=cmd_bench)
     s = sub.add_parser("bench-scale", help="Stages 2-4 on synthetic episode-shaped embeddings: time and memory")
     s.add_argument("--tracks", type=int, nargs="+", required=True)

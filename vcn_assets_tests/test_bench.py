@@ -237,6 +237,33 @@ def test_bench_cache_reuses_stage1(case_dir: Path, bench: Bench) -> None:
             k: v for k, v in r["methods"][name].items() if k != "seconds"}
 
 
+def test_bench_seeds_score_vcn_at_each_seed(case_dir: Path, bench: Bench, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--seeds``: vcn's main entry is the first seed's run; every seed's scores, the median and the
+    lowest are under ``methods.vcn.seeds``; the first seed's row equals a plain run at that seed."""
+    import dataclasses
+
+    from vcn_assets.cli import main
+
+    r, _, cache = bench
+    got = run_bench([case_dir], None, ModelConfig(backend="fake"), methods=("vcn",), cache_dir=cache,
+                    method_cfgs=SMALL_FT, seeds=[SMALL_FT.finetune.seed, 7])[0]["methods"]["vcn"]
+    rep = got["seeds"]
+    assert [row["seed"] for row in rep["by_seed"]] == [SMALL_FT.finetune.seed, 7]
+    assert {k: rep["by_seed"][0][k] for k in ("wcp", "pcr", "bcubed_f", "n_clusters")} == {
+        k: r["methods"]["vcn"][k] for k in ("wcp", "pcr", "bcubed_f", "n_clusters")}
+    f = [row["bcubed_f"] for row in rep["by_seed"]]
+    assert rep["median_bcubed_f"] == pytest.approx(float(np.median(f))) and rep["min_bcubed_f"] == min(f)
+    assert rep["min_wcp"] == min(row["wcp"] for row in rep["by_seed"])
+    other = dataclasses.replace(SMALL_FT, finetune=dataclasses.replace(SMALL_FT.finetune, seed=7))
+    alone = run_bench([case_dir], None, ModelConfig(backend="fake"), methods=("vcn",), cache_dir=cache,
+                      method_cfgs=other)[0]["methods"]["vcn"]
+    assert {k: alone[k] for k in ("wcp", "pcr", "bcubed_f", "n_clusters")} == {
+        k: rep["by_seed"][1][k] for k in ("wcp", "pcr", "bcubed_f", "n_clusters")}
+    assert "seeds" not in alone
+    main(["bench", str(case_dir), "--backend", "fake", "--methods", "vcn", "--cache", str(cache), "--seeds", "0", "1"])
+    assert "vcn B-cubed F by seed: 0: " in capsys.readouterr().out
+
+
 def test_track_identity_of_the_synthetic_tracks(case_dir: Path, bench: Bench) -> None:
     case = load_case(case_dir)
     result, backend, cached = stage1(case, PipelineConfig(), ModelConfig(backend="fake"), bench[2])

@@ -264,16 +264,41 @@ def match_report(identity: Sequence[str | None], cannot_link: sp.spmatrix, match
             "by_normal": int((np.bincount(inverse, weights=matches.by_normal, minlength=len(key)) > 0).sum())}
 
 
+SEED_FIELDS = ("wcp", "pcr", "bcubed_f", "n_clusters")
+
+
+def seed_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``vcn`` over several Stage 2 seeds: each seed's scores, the median and lowest B-cubed F and the
+    lowest WCP (a wrong merge at any seed shows there)."""
+    f = [r["bcubed_f"] for r in rows]
+    return {"by_seed": rows, "median_bcubed_f": float(np.median(f)), "min_bcubed_f": min(f),
+            "min_wcp": min(r["wcp"] for r in rows)}
+
+
+def _other_seeds(data: ClusterData, cfgs: MethodConfigs, seeds: Sequence[int], identity: NDArray[np.object_],
+                 status: NDArray[np.str_]) -> list[dict[str, Any]]:
+    rows = []
+    for seed in seeds:
+        run = run_method("vcn", data, dataclasses.replace(cfgs, finetune=dataclasses.replace(cfgs.finetune, seed=seed)))
+        scores = evaluate(identity, status, run.labels)
+        rows.append({"seed": seed, **{k: scores[k] for k in SEED_FIELDS}})
+    return rows
+
+
 def evaluate_case(
-    case: Case, result: Stage1Result, methods: Sequence[str], cfgs: MethodConfigs
+    case: Case, result: Stage1Result, methods: Sequence[str], cfgs: MethodConfigs,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Run and score ``methods`` on a case's Stage 1 result.
 
     Returns ``{"gt_unknown_policy", "n_tracks_unmatched", "n_tracks_matched", "n_tracks_excluded",
     "unknown_share", "n_tracks_valid", "stage_seconds", "methods": {name: evaluate(...) + "seconds"}}``;
     ``stage_seconds`` holds the ``vcn`` run's ``finetune_and_match`` and ``cluster`` seconds (empty
-    when ``vcn`` is not among the methods).
+    when ``vcn`` is not among the methods). With ``seeds`` (Stage 2 seeds), ``vcn`` is scored at the
+    first and also run at the others; ``methods.vcn.seeds`` is then :func:`seed_report`.
     """
+    if seeds:
+        cfgs = dataclasses.replace(cfgs, finetune=dataclasses.replace(cfgs.finetune, seed=seeds[0]))
     identity, status = track_identity(case, result), np.asarray(result.tracks.status)
     data = cluster_data(result)
     scores: dict[str, Any] = {}
@@ -290,5 +315,8 @@ def evaluate_case(
                                             for m in run.round_matches]
         if name == "vcn":
             stage_seconds = {k: round(v, 3) for k, v in run.seconds.items()}
+            if seeds and len(seeds) > 1:
+                first = {"seed": seeds[0], **{k: scores[name][k] for k in SEED_FIELDS}}
+                scores[name]["seeds"] = seed_report([first, *_other_seeds(data, cfgs, seeds[1:], identity, status)])
     return {"gt_unknown_policy": GT_UNKNOWN_POLICY, **track_counts(identity, status),
             "n_tracks_valid": len(data.inputs.valid_index), "stage_seconds": stage_seconds, "methods": scores}

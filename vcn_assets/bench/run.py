@@ -113,13 +113,15 @@ def bench_case(
     cache_dir: Path | None = None,
     method_cfgs: MethodConfigs | None = None,
     repeat: int = 1,
+    seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Run Stage 1 (or reuse it) on one case, then its frontend metrics and the clustering ``methods``."""
+    """Run Stage 1 (or reuse it) on one case, then its frontend metrics and the clustering ``methods``
+    (``vcn`` at each of ``seeds`` when given: :func:`~vcn_assets.bench.clustering_eval.evaluate_case`)."""
     case = load_case(case_dir)
     result, backend, cached = stage1(case, cfg, model_cfg, cache_dir, repeat)
     boxes = result.boxes
     metrics = frontend_metrics(case, result.shots.cuts, boxes.frame_idx, boxes.xyxy, boxes.track_id)
-    clustering = evaluate_case(case, result, parse_methods(methods), method_cfgs or MethodConfigs())
+    clustering = evaluate_case(case, result, parse_methods(methods), method_cfgs or MethodConfigs(), seeds)
     stage_seconds = {k: round(v, 3) for k, v in result.seconds.items()} | clustering.pop("stage_seconds")
     return {
         "case": case.name,
@@ -171,7 +173,8 @@ def methods_table(r: dict[str, Any]) -> str:
              f"{first.get('n_identities', 0)} identities (GT unknowns: {r['gt_unknown_policy']}); "
              f"{r['n_tracks_unmatched']} unmatched tracks left out, unknown_share {_fmt(r['unknown_share'])}")
     rows = [[name, *(m[c] for c in cols)] for name, m in r["methods"].items()]
-    return "\n".join([title, *_rows(["method", *cols], rows), *_matches_line(r["methods"].get("vcn", {}))])
+    vcn = r["methods"].get("vcn", {})
+    return "\n".join([title, *_rows(["method", *cols], rows), *_matches_line(vcn), *_seeds_line(vcn)])
 
 
 def _matches_line(vcn: dict[str, Any]) -> list[str]:
@@ -180,6 +183,16 @@ def _matches_line(vcn: dict[str, Any]) -> list[str]:
     parts = [f"round {i}: {m['pairs']} pairs ({m['by_normal']} by the Normal rule), precision "
              f"{_fmt(m['precision'])}, recall {_fmt(m['recall'])}" for i, m in enumerate(rounds, start=1)]
     return ["vcn soft matches: " + "; ".join(parts)] if parts else []
+
+
+def _seeds_line(vcn: dict[str, Any]) -> list[str]:
+    """vcn's scores at each Stage 2 seed (empty without ``--seeds``)."""
+    rep = vcn.get("seeds")
+    if not rep:
+        return []
+    parts = [f"{row['seed']}: {_fmt(row['bcubed_f'])} (WCP {_fmt(row['wcp'])})" for row in rep["by_seed"]]
+    return [f"vcn B-cubed F by seed: {'; '.join(parts)}; median {_fmt(rep['median_bcubed_f'])}, "
+            f"lowest WCP {_fmt(rep['min_wcp'])}"]
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -197,11 +210,12 @@ def run_bench(
     cfg: PipelineConfig | None = None,
     method_cfgs: MethodConfigs | None = None,
     repeat: int = 1,
+    seeds: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Bench every case and write ``{"cases": [...]}`` to ``json_out`` when given."""
     names = parse_methods(methods)
     results = [bench_case(Path(d), cfg or PipelineConfig(), model_cfg, methods=names, cache_dir=cache_dir,
-                          method_cfgs=method_cfgs, repeat=repeat) for d in case_dirs]
+                          method_cfgs=method_cfgs, repeat=repeat, seeds=seeds) for d in case_dirs]
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"cases": results}, indent=2, default=float))
