@@ -198,7 +198,8 @@ def _neighbour_block(m: NDArray[np.float64], cannot_link: sp.spmatrix | NDArray[
     vals = np.take_along_axis(sim, top, 1)
     order = np.argsort(-vals, axis=1, kind="stable")
     top, vals = np.take_along_axis(top, order, 1), np.take_along_axis(vals, order, 1)
-    drops = vals[:, :-1] - vals[:, 1:]
+    with np.errstate(invalid="ignore"):  # -inf - -inf between two disallowed tracks: nan, masked next
+        drops = vals[:, :-1] - vals[:, 1:]
     drops[~np.isfinite(drops)] = -np.inf  # no drop into a missing (disallowed) track
     keep = np.arange(width - 1)[None, :] <= drops.argmax(1)[:, None]
     keep &= np.isfinite(drops).any(1)[:, None]  # fewer than two allowed tracks: no drop, no neighbours
