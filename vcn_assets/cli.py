@@ -195,6 +195,7 @@ def cmd_gpu_check(args: argparse.Namespace) -> None:
     import json
 
     from vcn_assets.bench.gpu_check import NoGpu, compare_devices, run_gpu_check
+    from vcn_assets.models.base import ModelFileError
 
     try:
         if args.core:
@@ -205,6 +206,8 @@ def cmd_gpu_check(args: argparse.Namespace) -> None:
             report = run_gpu_check(args.backend, args.minutes, args.cache, args.json, args.repeat)
     except NoGpu as exc:
         raise SystemExit(f"vcn gpu-check: no usable GPU: {exc}") from None
+    except (FileNotFoundError, ModelFileError) as exc:
+        raise SystemExit(f"vcn gpu-check: {exc}") from None
     print(json.dumps(report, indent=2))
 
 

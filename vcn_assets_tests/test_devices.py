@@ -138,3 +138,21 @@ def test_vcn_gpu_check_core_without_a_gpu_exits_with_the_reason() -> None:
     with pytest.raises(SystemExit) as stop:
         main(["gpu-check", "--core", "--tracks", "40"])
     assert str(stop.value).startswith("vcn gpu-check: no usable GPU: torch ") and "sees no CUDA device" in str(stop.value)
+
+
+def test_compare_devices_names_a_missing_or_wrong_dlib_model(tmp_path: Path) -> None:
+    from vcn_assets.bench.gpu_check import compare_devices
+    from vcn_assets.cli import main
+    from vcn_assets.models.base import ModelFileError
+
+    missing = tmp_path / "nope.dat"
+    with pytest.raises(FileNotFoundError, match="nope.dat: no such file"):
+        compare_devices([], dlib_model=missing, devices=("cpu", "cpu"))
+    junk = tmp_path / "junk.dat"
+    junk.write_bytes(b"not a dlib model")
+    with pytest.raises(ModelFileError, match="junk.dat"):
+        compare_devices([], dlib_model=junk, chips=1, repeat=1, devices=("cpu", "cpu"))
+    if not torch.cuda.is_available():
+        return  # the CLI checks the GPU first
+    with pytest.raises(SystemExit, match="nope.dat: no such file"):
+        main(["gpu-check", "--core", "--tracks", "40", "--dlib-model", str(missing)])

@@ -147,14 +147,17 @@ def _dlib_net(model: Path, devices: tuple[str, ...], chips: int, repeat: int) ->
 def compare_devices(tracks: list[int], crops: int = 10, dlib_model: Path | None = None, chips: int = 256,
                     repeat: int = 3, devices: tuple[str, str] = ("cpu", "cuda")) -> dict[str, Any]:
     """Stages 2-4 with Stage 2 on each of ``devices`` (one run each: the training is deterministic per
-    seed, and its time varies little), and dlib's network on each (``repeat`` timed batches of ``chips``
-    random 150x150 chips). Raises :class:`NoGpu` when a device is ``cuda`` and torch sees none."""
+    seed, so one run gives the result; its time is a single measurement), and dlib's network on each
+    (``repeat`` timed batches of ``chips`` random 150x150 chips). Raises :class:`NoGpu` when a device is
+    ``cuda`` and torch sees none, ``FileNotFoundError`` naming ``dlib_model`` when it is not a file."""
     import torch
 
     from vcn_assets.core.metrics import nmi
 
     if "cuda" in devices and not torch.cuda.is_available():
         raise NoGpu(problems(gpu_status(), "fake")[0])
+    if dlib_model is not None and not dlib_model.is_file():
+        raise FileNotFoundError(f"{dlib_model}: no such file (dlib_face_recognition_resnet_model_v1.dat expected)")
     report: dict[str, Any] = {"torch": torch.__version__, "devices": list(devices),
                               "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                               "stages_2_4": []}
