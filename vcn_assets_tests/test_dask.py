@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import signal
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import dagster as dg
@@ -31,6 +34,21 @@ COMPARED = tuple(t for t in SCHEMA if t != "lineage")
 # uses every core. Stage 4's float scores then differ in the last bits (1.2e-7 measured on a merge
 # suggestion's score), so for an exact comparison the workers get the test process's thread settings.
 SAME_THREADS = {"MALLOC_TRIM_THRESHOLD_": 65536}
+
+
+@contextmanager
+def _default_sigterm() -> Iterator[None]:
+    """SIGTERM at its default while processes are spawned. After an in-process run Dagster gives SIGTERM
+    SIGINT's handler (``dagster._utils.interrupts``); in a suite started as a background job SIGINT is
+    ignored, so SIGTERM becomes ignored too, every process spawned afterwards inherits that, and each
+    step on a Dask worker then waits 2 x 30 s for Dagster's compute-log ``tail`` processes to end
+    (measured: the test took ~14 minutes instead of ~70 s)."""
+    before = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def _sample_movies(root: Path) -> dict[str, Path]:
@@ -107,7 +125,8 @@ def test_three_movies_on_dask_match_an_in_process_run(tmp_path: Path) -> None:
     with dg.instance_for_test() as instance:
         assert all(run(instance, local, key).success for key in KEYS)
     spawn = multiprocessing.get_context("spawn")
-    with (dask.config.set({"distributed.nanny.pre-spawn-environ": SAME_THREADS}),
+    with (_default_sigterm(),
+          dask.config.set({"distributed.nanny.pre-spawn-environ": SAME_THREADS}),
           LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                        dashboard_address=None, worker_dashboard_address=None) as cluster,
           Client(cluster) as client,
