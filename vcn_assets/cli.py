@@ -19,8 +19,11 @@ import argparse
 import logging
 import os
 import shutil
+import signal
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger("vcn")
@@ -38,6 +41,19 @@ def _ensure_dagster_home() -> Path:
     return Path(home)
 
 
+@contextmanager
+def _sigterm_kept() -> Iterator[None]:
+    """Keep SIGTERM's handler across an in-process Dagster run. Dagster gives SIGTERM SIGINT's handler
+    (``dagster._utils.interrupts``); under ``nohup ... &`` SIGINT is ignored, so without this a
+    ``vcn materialize`` of several movies could no longer be stopped with ``kill`` after its first
+    movie, and processes it starts would inherit the ignored SIGTERM."""
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def _materialize(key: str, backend: str, select: list[str] | None = None, force: bool = False):
     import dagster as dg
 
@@ -49,7 +65,7 @@ def _materialize(key: str, backend: str, select: list[str] | None = None, force:
     instance = dg.DagsterInstance.get()
     if not instance.has_dynamic_partition("movies", key):
         instance.add_dynamic_partitions("movies", [key])
-    with terminal_progress_bars():  # a bar per long step on stderr (none when it is not a terminal)
+    with _sigterm_kept(), terminal_progress_bars():  # a bar per long step on stderr (none off a terminal)
         result = dg.materialize(
             ALL_ASSETS,
             selection=select or list(PIPELINE_ASSETS),
