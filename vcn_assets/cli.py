@@ -21,6 +21,7 @@ import os
 import shutil
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,7 +47,11 @@ def _sigterm_kept() -> Iterator[None]:
     """Keep SIGTERM's handler across an in-process Dagster run. Dagster gives SIGTERM SIGINT's handler
     (``dagster._utils.interrupts``); under ``nohup ... &`` SIGINT is ignored, so without this a
     ``vcn materialize`` of several movies could no longer be stopped with ``kill`` after its first
-    movie, and processes it starts would inherit the ignored SIGTERM."""
+    movie, and processes it starts would inherit the ignored SIGTERM. Off the main thread (where
+    neither Dagster nor this may set handlers) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     before = signal.getsignal(signal.SIGTERM)
     try:
         yield
