@@ -52,6 +52,10 @@ def test_an_in_process_run_leaves_sigterm_alone_under_nohup(mode: str, ignored: 
     import subprocess
     import sys
 
+    def nohup_like() -> None:  # SIGINT ignored; SIGTERM at its default, whatever this suite's process has
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
     out = subprocess.run([sys.executable, "-c", _RUN_ONE_ASSET, mode], capture_output=True, text=True, check=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                         preexec_fn=nohup_like)
     assert out.stdout.strip().splitlines()[-1] == str(ignored)
