@@ -275,11 +275,15 @@ def seed_report(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "min_wcp": min(r["wcp"] for r in rows)}
 
 
+def _with_seed(cfgs: MethodConfigs, seed: int) -> MethodConfigs:
+    return dataclasses.replace(cfgs, finetune=dataclasses.replace(cfgs.finetune, seed=seed))
+
+
 def _other_seeds(data: ClusterData, cfgs: MethodConfigs, seeds: Sequence[int], identity: NDArray[np.object_],
                  status: NDArray[np.str_]) -> list[dict[str, Any]]:
     rows = []
     for seed in seeds:
-        run = run_method("vcn", data, dataclasses.replace(cfgs, finetune=dataclasses.replace(cfgs.finetune, seed=seed)))
+        run = run_method("vcn", data, _with_seed(cfgs, seed))
         scores = evaluate(identity, status, run.labels)
         rows.append({"seed": seed, **{k: scores[k] for k in SEED_FIELDS}})
     return rows
@@ -298,7 +302,7 @@ def evaluate_case(
     first and also run at the others; ``methods.vcn.seeds`` is then :func:`seed_report`.
     """
     if seeds:
-        cfgs = dataclasses.replace(cfgs, finetune=dataclasses.replace(cfgs.finetune, seed=seeds[0]))
+        cfgs = _with_seed(cfgs, seeds[0])
     identity, status = track_identity(case, result), np.asarray(result.tracks.status)
     data = cluster_data(result)
     scores: dict[str, Any] = {}
