@@ -129,16 +129,18 @@ def _print_summary(vcn, key: str, home: Path) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    from vcn_assets.bench.clustering_eval import parse_methods
+    from vcn_assets.bench.clustering_eval import MethodConfigs, parse_methods
     from vcn_assets.bench.run import run_bench, table
-    from vcn_assets.core.config import ModelConfig
+    from vcn_assets.core.config import FinetuneConfig, ModelConfig
 
     try:
         methods = parse_methods(args.methods)
     except ValueError as e:
         raise SystemExit(f"vcn bench: {e}") from e
+    method_cfgs = MethodConfigs(finetune=FinetuneConfig(train_last_block=args.train_last_block))
     results = run_bench([Path(c) for c in args.cases], args.json, ModelConfig(backend=args.backend),
-                        methods=methods, cache_dir=args.cache, repeat=args.repeat, seeds=args.seeds)
+                        methods=methods, cache_dir=args.cache, repeat=args.repeat, seeds=args.seeds,
+                        method_cfgs=method_cfgs)
     print(table(results))
 
 
@@ -382,6 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                    help="Stage 2 seeds: vcn is scored at the first (methods.vcn) and also run at the others "
                         "(methods.vcn.seeds: each seed's WCP/PCR/B-cubed F, the median and the lowest)")
+    b.add_argument("--train-last-block", action="store_true",
+                   help="Stage 2 also trains the backbone's last block (FinetuneConfig.train_last_block; "
+                        "dlib backend; each case's movie is re-read for the crops' features)")
     b.set_defaults(fn=cmd_bench)
     s = sub.add_parser("bench-scale", help="Stages 2-4 on synthetic episode-shaped embeddings: time and memory")
     s.add_argument("--tracks", type=int, nargs="+", required=True)

@@ -24,13 +24,14 @@ TABLES = STAGE1_TABLES + ("checkpoints", "finetune_loss", "clusters", "cluster_s
 FAST_FINETUNE = {"rounds": 2, "steps_per_round": 20, "warmup_steps": 5, "batch_tracks": 16}
 
 
-def run(instance: dg.DagsterInstance, data_dir: Path, key: str, backend: str = "fake") -> dg.ExecuteInProcessResult:
+def run(instance: dg.DagsterInstance, data_dir: Path, key: str, backend: str = "fake",
+        finetune: dict | None = None) -> dg.ExecuteInProcessResult:
     if not instance.has_dynamic_partition("movies", key):
         instance.add_dynamic_partitions("movies", [key])
     return dg.materialize(
         ALL_ASSETS, selection=list(PIPELINE_ASSETS), partition_key=key, instance=instance,
         resources={"vcn": VcnResource(data_dir=str(data_dir), backend=backend)}, raise_on_error=False,
-        run_config={"ops": {"finetuned_checkpoint": {"config": FAST_FINETUNE}}},
+        run_config={"ops": {"finetuned_checkpoint": {"config": finetune or FAST_FINETUNE}}},
     )
 
 

@@ -15,6 +15,7 @@ from vcn_assets.bench.frontend_metrics import frontend_metrics, load_case, match
 from vcn_assets.core.align import align_faces
 from vcn_assets.core.metrics import clustering_report
 from vcn_assets.core.samples import SampleSpec, load_source_faces, make_sample_case
+from vcn_assets.definitions import ALL_ASSETS
 from vcn_assets.models.dlib_backend import DLIB_ALIGNMENT, DlibEmbedder
 from vcn_assets.models.mtcnn import MTCNNDetector
 from vcn_assets.store import tables
@@ -106,6 +107,48 @@ def test_materialize_whole_graph_dlib_backend(
     scored = [(identity[t], c) for t, c in zip(clusters["track_id"], clusters["cluster_id"]) if t in identity]
     assert len(scored) >= 4
     assert clustering_report([i for i, _ in scored], [c for _, c in scored])["wcp"] == 1.0
+
+
+def test_whole_graph_with_the_last_block_trained(
+    instance: dg.DagsterInstance, data_dir: Path, sample_case: Path
+) -> None:
+    """FinetuneConfig.train_last_block through the assets: the checkpoint holds the trained block and
+    the crops' views through it, Stages 3-4 run on them, and a movie replaced behind the store's back
+    is refused by name (its re-read crops no longer match the stored ones)."""
+    from safetensors import safe_open
+
+    from vcn_assets.core.checkpoint import load_checkpoint
+    from vcn_assets.orchestration.identity_assets import stored_checkpoint
+    from vcn_assets.orchestration.resources import VcnResource
+    from vcn_assets_tests.test_dagster_graph import FAST_FINETUNE, failure_message
+
+    movie = data_dir / "movies" / "sample.mp4"
+    shutil.copy(sample_case / "movie.mp4", movie)
+    result = run(instance, data_dir, "sample", backend="dlib", finetune=FAST_FINETUNE | {"train_last_block": True})
+    assert result.success
+    path = stored_checkpoint(VcnResource(data_dir=str(data_dir), backend="dlib"), "sample")
+    with safe_open(str(path), framework="pt") as f:
+        names = set(f.keys())
+    assert {"tail_views.student", "tail_views.teacher", "student_tail.fc", "teacher_tail.fc"} <= names
+    crops = Store(data_dir / "vcn.duckdb").read("crops", "sample")
+    ft = load_checkpoint(path, 128)
+    assert ft.tail_views[0].shape[1:] == (int(crops["n_views"][0]), 128)
+    assert counts(data_dir, "sample")["clusters"] >= 1
+    # the same movie name, other content (the store was not told): the re-read is refused
+    frames = cv2.VideoCapture(str(movie))
+    ok, frame = frames.read()
+    frames.release()
+    assert ok
+    writer = cv2.VideoWriter(str(movie), cv2.VideoWriter_fourcc(*"mp4v"), 25, (frame.shape[1], frame.shape[0]))
+    for _ in range(200):
+        writer.write(np.zeros_like(frame))
+    writer.release()
+    again = dg.materialize(ALL_ASSETS, selection=["finetuned_checkpoint"], partition_key="sample", instance=instance,
+                           resources={"vcn": VcnResource(data_dir=str(data_dir), backend="dlib")}, raise_on_error=False,
+                           run_config={"ops": {"finetuned_checkpoint": {"config": FAST_FINETUNE | {
+                               "train_last_block": True, "seed": 1}}}})
+    assert not again.success
+    assert "sample.mp4" in failure_message(again) and "re-materialise crops" in failure_message(again)
 
 
 def test_demo_sample_has_no_wrong_merge_and_no_split(tmp_path: Path) -> None:

@@ -280,7 +280,7 @@ def test_finetuned_metric_separates_identities() -> None:
     data = TrainingSet.build(views, crop_track, len(ident), np.zeros((len(ident),) * 2, bool))
     ft = finetune(data, FinetuneConfig(rounds=2, steps_per_round=150, warmup_steps=20, batch_tracks=32,
                                        hidden_dim=64, bottleneck_dim=32, out_dim=32), MatchConfig(dims=4))
-    loss = pair_losses(*(metric_terms(ft, views[:, 0]),) * 2)
+    loss = pair_losses(*(metric_terms(ft, views[:, 0], views[:, 0]),) * 2)
     crop_id = ident[crop_track]
     same = (crop_id[:, None] == crop_id[None, :]) & ~np.eye(len(crop_id), dtype=bool)
     assert loss[same].mean() < loss[crop_id[:, None] != crop_id[None, :]].mean()

@@ -452,3 +452,25 @@ def test_build_models_from_pack(models_dir: Path, no_env: Path) -> None:
     assert models.identity["embedder"]["file"] == "w600k_r50.onnx"
     assert models.identity["detector"]["providers"] == list(CPU)
     assert models.identity["detector"]["det_size"] == 320
+
+
+def test_arcface_last_block_is_its_embedding_layer_in_torch(embedder: ArcFaceEmbedder, crops: np.ndarray) -> None:
+    """train_last_block on ArcFace: the trunk's pre-FC features and the embedding layer as a trainable
+    torch module, equal to the ONNX graph's output before training; views 1.. are dropout copies."""
+    import torch
+
+    from vcn_assets.models.base import TrainableTail
+
+    assert isinstance(embedder, TrainableTail)
+    trunk = embedder.trunk_views(crops, 3, np.random.default_rng(0))
+    assert trunk.shape == (5, 3, FEATURE_DIM) and trunk.dtype == np.float32
+    np.testing.assert_array_equal(trunk[:, 0], embedder.features(crops))
+    dropped = trunk[:, 1:] == 0
+    assert 0.3 < dropped.mean() < 0.7  # p = 0.5 in the fixture's config
+    kept = ~dropped & (trunk[:, :1] != 0)
+    np.testing.assert_allclose(trunk[:, 1:][kept], (2 * np.repeat(trunk[:, :1], 2, axis=1))[kept], rtol=1e-6)
+    tail = embedder.tail()
+    with torch.no_grad():
+        out = tail(torch.from_numpy(trunk[:, 0])).numpy()
+    np.testing.assert_allclose(out, embedder.embed(crops), rtol=1e-4, atol=1e-4)
+    assert all(p.requires_grad for p in tail.parameters())

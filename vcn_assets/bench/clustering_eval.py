@@ -45,7 +45,7 @@ from vcn_assets.core.baselines import ahc, chinese_whispers, finch_first_partiti
 from vcn_assets.core.clustering import MergeSuggestions
 from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig
 from vcn_assets.core.crops import VALID
-from vcn_assets.core.identity import ClusterInputs, cluster_movie, cooccurrence
+from vcn_assets.core.identity import ClusterInputs, LastBlock, cluster_movie, cooccurrence
 from vcn_assets.core.metrics import clustering_report
 from vcn_assets.core.pipeline import Stage1Result
 from vcn_assets.core.soft_match import SoftMatches
@@ -67,10 +67,12 @@ class MethodConfigs:
 @dataclass(frozen=True)
 class ClusterData:
     """What every method clusters: ``inputs`` (the valid tracks, as the pipeline builds them) and
-    ``track_emb`` (T_valid, D) float64, the valid tracks' mean backbone embeddings, in the same order."""
+    ``track_emb`` (T_valid, D) float64, the valid tracks' mean backbone embeddings, in the same order;
+    ``last_block`` what ``vcn`` trains when its FinetuneConfig has ``train_last_block``."""
 
     inputs: ClusterInputs
     track_emb: NDArray[np.float64]
+    last_block: LastBlock | None = None
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,9 @@ def track_identity(case: Case, result: Stage1Result, iou_min: float = 0.5) -> ND
 
 def _vcn(data: ClusterData, cfgs: MethodConfigs, rounds: int | None) -> MethodRun:
     ft = cfgs.finetune if rounds is None else dataclasses.replace(cfgs.finetune, rounds=rounds)
-    out = cluster_movie(data.inputs, ft, cfgs.match, cfgs.cluster)
+    if ft.train_last_block and data.last_block is None:
+        raise ValueError("train_last_block: the case's crops were not re-read for the last block")
+    out = cluster_movie(data.inputs, ft, cfgs.match, cfgs.cluster, data.last_block if ft.train_last_block else None)
     return MethodRun(out.cluster_of_track[data.inputs.valid_index], dict(out.seconds), out.suggestions,
                      out.finetune.round_matches)
 
@@ -291,7 +295,7 @@ def _other_seeds(data: ClusterData, cfgs: MethodConfigs, seeds: Sequence[int], i
 
 def evaluate_case(
     case: Case, result: Stage1Result, methods: Sequence[str], cfgs: MethodConfigs,
-    seeds: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None, last_block: Callable[[ClusterInputs], LastBlock] | None = None,
 ) -> dict[str, Any]:
     """Run and score ``methods`` on a case's Stage 1 result.
 
@@ -299,12 +303,15 @@ def evaluate_case(
     "unknown_share", "n_tracks_valid", "stage_seconds", "methods": {name: evaluate(...) + "seconds"}}``;
     ``stage_seconds`` holds the ``vcn`` run's ``finetune_and_match`` and ``cluster`` seconds (empty
     when ``vcn`` is not among the methods). With ``seeds`` (Stage 2 seeds), ``vcn`` is scored at the
-    first and also run at the others; ``methods.vcn.seeds`` is then :func:`seed_report`.
+    first and also run at the others; ``methods.vcn.seeds`` is then :func:`seed_report`. ``last_block``
+    makes the ``train_last_block`` inputs of the valid crops (needed when ``cfgs.finetune`` asks for it).
     """
     if seeds:
         cfgs = _with_seed(cfgs, seeds[0])
     identity, status = track_identity(case, result), np.asarray(result.tracks.status)
     data = cluster_data(result)
+    if last_block is not None:
+        data = dataclasses.replace(data, last_block=last_block(data.inputs))
     scores: dict[str, Any] = {}
     stage_seconds: dict[str, float] = {}
     for name in parse_methods(methods):

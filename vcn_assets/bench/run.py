@@ -33,14 +33,17 @@ import os
 import pickle
 import statistics
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from vcn_assets.bench.clustering_eval import MethodConfigs, evaluate_case, parse_methods
 from vcn_assets.bench.frontend_metrics import Case, frontend_metrics, load_case
 from vcn_assets.core.config import ModelConfig
 from vcn_assets.core.files import file_sha256
+from vcn_assets.core.identity import ClusterInputs, LastBlock, last_block_inputs
 from vcn_assets.core.pipeline import PipelineConfig, Stage1Result, run_stage1
 from vcn_assets.models.registry import build_models, resolve_backend
 
@@ -121,7 +124,10 @@ def bench_case(
     result, backend, cached = stage1(case, cfg, model_cfg, cache_dir, repeat)
     boxes = result.boxes
     metrics = frontend_metrics(case, result.shots.cuts, boxes.frame_idx, boxes.xyxy, boxes.track_id)
-    clustering = evaluate_case(case, result, parse_methods(methods), method_cfgs or MethodConfigs(), seeds)
+    method_cfgs = method_cfgs or MethodConfigs()
+    seed = seeds[0] if seeds else method_cfgs.finetune.seed
+    last_block = _last_block_maker(case, result, model_cfg, cfg, seed) if method_cfgs.finetune.train_last_block else None
+    clustering = evaluate_case(case, result, parse_methods(methods), method_cfgs, seeds, last_block)
     stage_seconds = {k: round(v, 3) for k, v in result.seconds.items()} | clustering.pop("stage_seconds")
     return {
         "case": case.name,
@@ -137,6 +143,19 @@ def bench_case(
         "stage1_cached": cached,
         **clustering,
     }
+
+
+def _last_block_maker(case: Case, result: Stage1Result, model_cfg: ModelConfig, cfg: PipelineConfig,
+                      seed: int) -> Callable[[ClusterInputs], LastBlock]:
+    """``train_last_block``: a function making the valid crops' last-block inputs (re-reads the movie)."""
+    models = build_models(model_cfg, cfg.tracks.min_face_px, cfg.tracks.min_score, cfg.tracks.detect_max_side)
+    crops = result.crops
+
+    def make(inputs: ClusterInputs) -> LastBlock:
+        return last_block_inputs(dataclasses.replace(result.info, path=case.movie), result.boxes, np.asarray(crops.track_id, np.int64),
+                                 np.asarray(crops.frame_idx, np.int64), np.asarray(crops.embedding, np.float32),
+                                 inputs, models, seed)
+    return make
 
 
 # ---------------------------------------------------------------- output
@@ -191,8 +210,8 @@ def _seeds_line(vcn: dict[str, Any]) -> list[str]:
     if not rep:
         return []
     parts = [f"{row['seed']}: {_fmt(row['bcubed_f'])} (WCP {_fmt(row['wcp'])})" for row in rep["by_seed"]]
-    return [f"vcn B-cubed F by seed: {'; '.join(parts)}; median {_fmt(rep['median_bcubed_f'])}, "
-            f"lowest WCP {_fmt(rep['min_wcp'])}"]
+    return [(f"vcn B-cubed F by seed: {'; '.join(parts)}; median {_fmt(rep['median_bcubed_f'])}, "
+             f"lowest WCP {_fmt(rep['min_wcp'])}")]
 
 
 def table(results: list[dict[str, Any]]) -> str:

@@ -101,8 +101,10 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_center * (1 - self.center_momentum))
 
 
-def pair_loss_terms(teacher: AdaptNet, student: AdaptNet, loss: DINOLoss, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-item teacher probabilities P (N, K) and student log-probabilities logS (N, K): the learnt
-    metric between items i and j is ``-(P_i . logS_j + P_j . logS_i) / 2``."""
+def pair_loss_terms(teacher: AdaptNet, student: AdaptNet, loss: DINOLoss, x_teacher: Tensor,
+                    x_student: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-item teacher probabilities P (N, K) and student log-probabilities logS (N, K) of items whose
+    backbone embeddings are ``x_teacher`` / ``x_student`` (one tensor twice unless each network has its own
+    trained last block): the learnt metric between items i and j is ``-(P_i . logS_j + P_j . logS_i) / 2``."""
     with torch.no_grad():
-        return loss.teacher_probs(teacher(x)), loss.student_logp(student(x))
+        return loss.teacher_probs(teacher(x_teacher)), loss.student_logp(student(x_student))

@@ -6,7 +6,9 @@ Usage::
     result = load_checkpoint(path, in_dim=128)       # CheckpointError on a corrupt / mismatched file
 
 The file holds the student, the teacher, the loss centre, every round's soft matches, and as
-metadata the config, loss curve and round statistics. It is written to a temporary file and
+metadata the config, loss curve and round statistics. With ``train_last_block`` it also holds the
+trained last backbone block of each network and the crops' backbone views through them (what
+Stages 3-4 read: they cannot recompute them without re-reading the movie). It is written to a temporary file and
 renamed, so a reader never sees half a checkpoint; a failed write removes the temporary file, and a
 full disk is a :class:`CheckpointError` naming the file.
 """
@@ -38,6 +40,10 @@ def _tensors(result: FinetuneResult) -> dict[str, torch.Tensor]:
     out = {f"student.{k}": v for k, v in result.student.state_dict().items()}
     out |= {f"teacher.{k}": v for k, v in result.teacher.state_dict().items()}
     out["loss.center"] = result.loss_fn.center
+    if result.tail_views is not None and result.tail_weights is not None:
+        out["tail_views.student"], out["tail_views.teacher"] = (torch.from_numpy(v) for v in result.tail_views)
+        for name, weights in zip(("student_tail", "teacher_tail"), result.tail_weights):
+            out |= {f"{name}.{k}": v for k, v in weights.items()}
     for r, m in enumerate(result.round_matches, start=1):
         out[f"matches.{r}.pairs"] = torch.from_numpy(np.stack([m.track_a, m.track_b], 1).reshape(-1, 2))
         out[f"matches.{r}.scores"] = torch.from_numpy(np.stack([m.log_pdf, m.threshold], 1).reshape(-1, 2))
@@ -133,7 +139,15 @@ def load_checkpoint(path: Path, in_dim: int) -> FinetuneResult:
     loss_fn.center.copy_(tensors["loss.center"])
     rounds = json.loads(meta["rounds"])
     matches = [_matches(tensors, r) for r in range(1, len(rounds) + 1)]
-    return FinetuneResult(nets[0], nets[1], loss_fn, json.loads(meta["losses"]), rounds, matches)
+    result = FinetuneResult(nets[0], nets[1], loss_fn, json.loads(meta["losses"]), rounds, matches)
+    if ("tail_views.student" in tensors) != cfg.train_last_block:
+        raise CheckpointError(f"{path}: train_last_block is {cfg.train_last_block} in its config but the file "
+                              f"{'lacks' if cfg.train_last_block else 'has'} the block's views")
+    if cfg.train_last_block:
+        result.tail_views = (tensors["tail_views.student"].numpy(), tensors["tail_views.teacher"].numpy())
+        result.tail_weights = tuple({k[len(p) + 1:]: v for k, v in tensors.items() if k.startswith(p + ".")}
+                                    for p in ("student_tail", "teacher_tail"))
+    return result
 
 
 def _matches(tensors: dict[str, torch.Tensor], r: int) -> SoftMatches:

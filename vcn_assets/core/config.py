@@ -219,6 +219,20 @@ class FinetuneConfig:
         "dropout samples): Gaussian noise of this std on the unit-norm backbone embedding.",
     )
     seed: int = knob(0, "Seed of initialisation and sampling: the checkpoint is deterministic per seed.")
+    train_last_block: bool = knob(
+        False,
+        "Also train the backbone's last block: dlib's last residual block + final layer (1.2 M weights, "
+        "dlib_runtime 'torch'), or ArcFace's embedding layer (its fully connected layer over the "
+        "512x7x7 trunk output). Off by default: on the dev and held-out cases it did not beat the frozen "
+        "backbone (README, 'Training the last backbone block'). The finetuning step then re-reads the "
+        "movie for each crop view's features before that block, kept in memory as float16 (dlib: 8 kB "
+        "per view; ArcFace: 50 kB per view, meant for a GPU), and trains on them.",
+    )
+    last_block_lr_scale: float = knob(
+        0.1,
+        "Learning rate of the last backbone block relative to lr: pretrained weights are moved gently "
+        "(the adapter and head start from scratch or from the identity).",
+    )
     device: str = knob(
         "auto",
         "Where Stage 2 trains (and embeds for its between-round soft matching): 'auto' (CUDA when torch "

@@ -28,7 +28,7 @@ from vcn_assets.core.config import CropConfig
 from vcn_assets.core.progress import Progress, ProgressCounter
 from vcn_assets.core.quality import frontalness, mad_cut, mad_outliers, serfiq_quality, sharpness
 from vcn_assets.core.tracking import TrackBoxes
-from vcn_assets.core.video import VideoInfo, iter_frames
+from vcn_assets.core.video import VideoError, VideoInfo, iter_frames
 from vcn_assets.models.base import ARCFACE_ALIGNMENT, FaceModels
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,59 @@ def extract_crops(
         results.append(_embed(models, np.concatenate(batch), cfg, rng))
     counter.finish()
     return _assemble(boxes, kept, shown, sharp, results, models.embedder.dim, cfg)
+
+
+def trunk_features(info: VideoInfo, boxes: TrackBoxes, track_id: NDArray[np.int64], frame_idx: NDArray[np.int64],
+                   embedding: NDArray[np.float32], models: FaceModels, n_views: int, seed: int,
+                   progress: Progress | None = None) -> NDArray[np.float16]:
+    """For Stage 2's ``train_last_block``: the backbone features before its last block (C, V, *F),
+    float16, of ``n_views`` views of the crops (``track_id``, ``frame_idx``), re-read from the movie
+    (one streaming decode) and re-aligned as :func:`extract_crops` aligned them. ``embedding`` (C, D)
+    are the crops' stored embeddings: view 0 through the untrained block must give them back, or the
+    movie is not the one the crops came from (a :class:`VideoError` naming it)."""
+    backbone = models.trainable_tail()
+    where = {(int(t), int(f)): r for r, (t, f) in enumerate(zip(boxes.track_id, boxes.frame_idx))}
+    rows = np.array([where.get((int(t), int(f)), -1) for t, f in zip(track_id, frame_idx)], np.int64)
+    if (rows < 0).any():
+        raise VideoError(info.path, f"{int((rows < 0).sum())} crop(s) have no box in the stored tracks; re-materialise crops")
+    if len(rows) == 0:
+        return np.zeros((0, n_views), np.float16)  # nothing to read
+    position = {int(r): i for i, r in enumerate(rows)}
+    parts: list[tuple[list[int], NDArray[np.float32]]] = []
+    rng = np.random.default_rng(seed)
+    counter = ProgressCounter(len(rows), progress)
+    done = 0
+    for frame_bgr, frame_rows in _frames_with_rows(info, boxes, np.sort(rows)):
+        chips = align_faces(frame_bgr, boxes.kps[frame_rows], models.embedder.alignment)
+        parts.append(([position[int(r)] for r in frame_rows], backbone.trunk_views(chips, n_views, rng).astype(np.float16)))
+        done += len(frame_rows)
+        counter.update(done)
+    counter.finish()
+    missing = len(rows) - done
+    if missing:
+        raise VideoError(info.path, f"{missing} of {len(rows)} crop frames could not be read: the movie changed "
+                                    f"since `crops` was materialised; re-materialise crops")
+    out = np.zeros((len(rows), *parts[0][1].shape[1:]), np.float16)
+    for where_, feats in parts:
+        out[where_] = feats
+    _check_reread(info, out, embedding, backbone.tail())
+    return out
+
+
+def _check_reread(info: VideoInfo, trunk: NDArray[np.float16], embedding: NDArray[np.float32], tail) -> None:
+    """Every re-read crop's view 0 through the untrained block is its stored embedding (cosine > 0.99:
+    float16 features and decoder rounding stay far above it; another frame or face does not)."""
+    import torch
+
+    with torch.no_grad():
+        again = np.concatenate([tail(torch.from_numpy(trunk[i:i + 512, 0].astype(np.float32))).numpy()
+                                for i in range(0, len(trunk), 512)])
+    cos = (again * embedding).sum(1) / np.maximum(np.linalg.norm(again, axis=1) * np.linalg.norm(embedding, axis=1), 1e-12)
+    bad = int((cos < 0.99).sum())
+    if bad:
+        raise VideoError(info.path, f"{bad} of {len(cos)} crops re-read for the last block differ from the stored "
+                                    f"crops (lowest cosine {cos.min():.3f}): the movie changed since `crops` was "
+                                    f"materialised; re-materialise crops")
 
 
 def _embed(

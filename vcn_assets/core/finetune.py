@@ -14,6 +14,13 @@ jitter, or dropout samples) plus light feature noise. The teacher is an EMA of t
 
 Training runs on ``cfg.device`` (``core/devices.py``); initialisation and every random draw happen on
 the CPU either way, and the returned networks are moved back to the CPU.
+
+With ``cfg.train_last_block`` the backbone's last block is trained too: the set then holds each crop
+view's backbone features before that block (``trunk``, from :func:`vcn_assets.core.crops.trunk_features`)
+and :func:`finetune` gets the block (``tail``, from the backbone's ``TrainableTail``). Student and
+teacher each have their copy of the block (the teacher's an EMA of the student's, like the rest),
+so after training the crops' backbone embeddings differ per network: ``FinetuneResult.tail_views``
+holds both, and Stages 3-4 read them through :meth:`FinetuneResult.backbone_views`.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import scipy.sparse as sp
 import torch
+import torch.nn.functional as F
 from numpy.typing import NDArray
 
 from vcn_assets.core.adaptation import AdaptNet, DINOLoss
@@ -49,15 +57,18 @@ class TrainingSet:
     n_tracks: int
     cannot_link: sp.spmatrix | NDArray[np.bool_]
     crops_of: list[NDArray[np.int64]] = field(default_factory=list)
+    trunk: NDArray[np.float16] | None = None  # (C, V, *F) features before the backbone's last block
 
     @classmethod
     def build(cls, views: NDArray[np.float32], crop_track: NDArray[np.int64], n_tracks: int,
-              cannot_link: sp.spmatrix | NDArray[np.bool_]) -> TrainingSet:
+              cannot_link: sp.spmatrix | NDArray[np.bool_], trunk: NDArray[np.float16] | None = None) -> TrainingSet:
         if views.ndim != 3 or len(views) != len(crop_track):
             raise ValueError(f"views must be (C, V, D) with C = len(crop_track), got {views.shape}")
+        if trunk is not None and trunk.shape[:2] != views.shape[:2]:
+            raise ValueError(f"trunk features {trunk.shape[:2]} do not match the views {views.shape[:2]} (crops, views)")
         order = np.argsort(crop_track, kind="stable")
         crops_of = np.split(order, np.cumsum(np.bincount(crop_track, minlength=n_tracks))[:-1])
-        return cls(views.astype(np.float32), crop_track.astype(np.int64), n_tracks, cannot_link, crops_of)
+        return cls(views.astype(np.float32), crop_track.astype(np.int64), n_tracks, cannot_link, crops_of, trunk)
 
 
 @dataclass
@@ -68,6 +79,20 @@ class FinetuneResult:
     losses: list[float]
     rounds: list[dict]
     round_matches: list[SoftMatches]
+    # train_last_block: the crops' backbone views (C, V, D) through the student's and the teacher's trained
+    # block, and the blocks' weights (student, teacher)
+    tail_views: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None
+    tail_weights: tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+
+    def backbone_views(self, views: NDArray[np.float32]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """(student's, teacher's) backbone views of the crops whose Stage 1 ``views`` are given: those
+        views themselves, or with the last block trained, the views through each network's block."""
+        if self.tail_views is None:
+            return views, views
+        if self.tail_views[0].shape != views.shape:
+            raise ValueError(f"the checkpoint's block-trained views are {self.tail_views[0].shape}, the movie's crops "
+                             f"{views.shape}: the checkpoint was made for other crops")
+        return self.tail_views
 
 
 def _ema_schedule(cfg: FinetuneConfig, total: int) -> NDArray[np.float64]:
@@ -92,11 +117,23 @@ def _sample_pairs(data: TrainingSet, partners: list[NDArray[np.int64]] | None, c
 
 
 def _views(data: TrainingSet, crops: NDArray[np.int64], cfg: FinetuneConfig, rng: np.random.Generator,
-           device: str) -> torch.Tensor:
-    v = data.views[crops, rng.integers(0, data.views.shape[1], len(crops))]
-    v = v / np.linalg.norm(v, axis=1, keepdims=True)
-    v = v + rng.normal(0.0, cfg.feature_noise, v.shape).astype(np.float32)
-    return torch.from_numpy(v.astype(np.float32)).to(device)  # drawn on the CPU, so any device sees the same
+           state: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student, teacher) inputs of one view of each crop: its unit-norm backbone embedding plus
+    feature noise (the same for both networks; through each network's own last block when trained)."""
+    device = state["device"]
+    pick = rng.integers(0, data.views.shape[1], len(crops))
+    if state["tails"] is None:
+        v = data.views[crops, pick]
+        v = v / np.linalg.norm(v, axis=1, keepdims=True)
+        v = v + rng.normal(0.0, cfg.feature_noise, v.shape).astype(np.float32)
+        x = torch.from_numpy(v.astype(np.float32)).to(device)  # drawn on the CPU, so any device sees the same
+        return x, x
+    noise = torch.from_numpy(rng.normal(0.0, cfg.feature_noise, (len(crops), data.views.shape[2])).astype(np.float32))
+    f = torch.from_numpy(data.trunk[crops, pick].astype(np.float32)).to(device)
+    tail_s, tail_t = state["tails"]
+    with torch.no_grad():
+        xt = F.normalize(tail_t(f), dim=-1) + noise.to(device)
+    return F.normalize(tail_s(f), dim=-1) + noise.to(device), xt
 
 
 def _train_round(state: dict, data: TrainingSet, partners: list[NDArray[np.int64]] | None,
@@ -106,18 +143,20 @@ def _train_round(state: dict, data: TrainingSet, partners: list[NDArray[np.int64
     for step in range(cfg.steps_per_round):
         frozen = first_round and step < cfg.warmup_steps
         student.adapter.requires_grad_(not frozen)
+        if state["tails"] is not None:
+            state["tails"][0].requires_grad_(not frozen)
         a, b = _sample_pairs(data, partners, cfg, rng)
-        x1, x2 = _views(data, a, cfg, rng, state["device"]), _views(data, b, cfg, rng, state["device"])
+        (x1, y1), (x2, y2) = _views(data, a, cfg, rng, state), _views(data, b, cfg, rng, state)
         s1, s2 = student(x1), student(x2)
         with torch.no_grad():
-            t1, t2 = teacher(x1), teacher(x2)
+            t1, t2 = teacher(y1), teacher(y2)
         loss = loss_fn(s1, s2, t1, t2)
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
             m = float(ema[state["step"]])
-            for ps, pt in zip(student.parameters(), teacher.parameters()):
+            for ps, pt in zip(_trained(student, state["tails"], 0), _trained(teacher, state["tails"], 1)):
                 pt.mul_(m).add_(ps.detach() * (1 - m))
             loss_fn.update_center(torch.cat([t1, t2]))
         state["step"] += 1
@@ -126,6 +165,22 @@ def _train_round(state: dict, data: TrainingSet, partners: list[NDArray[np.int64
     return losses
 
 
+def _trained(net: AdaptNet, tails: tuple[torch.nn.Module, torch.nn.Module] | None, which: int) -> list[torch.Tensor]:
+    """The parameters of one network (0 student, 1 teacher), its last backbone block's included."""
+    return list(net.parameters()) + (list(tails[which].parameters()) if tails is not None else [])
+
+
+def tail_outputs(tail: torch.nn.Module, trunk: NDArray[np.float16], dim: int, device: str) -> NDArray[np.float32]:
+    """Backbone embeddings (C, V, dim) of trunk features (C, V, *F) through ``tail``, ``TAIL_BATCH`` at a time."""
+    flat = trunk.reshape(-1, *trunk.shape[2:])
+    with torch.no_grad():
+        parts = [tail(torch.from_numpy(flat[i:i + TAIL_BATCH].astype(np.float32)).to(device)).cpu().numpy()
+                 for i in range(0, len(flat), TAIL_BATCH)]
+    out = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
+    return out.reshape(trunk.shape[0], trunk.shape[1], dim).astype(np.float32)
+
+
+TAIL_BATCH = 512  # crop views through the last block at once (a few MB of activations)
 EMBED_BATCH = 4096  # rows embedded at once: bounds the MLP's activations whatever the movie's length
 
 
@@ -153,20 +208,25 @@ def _single_thread() -> Iterator[None]:
 
 
 def finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
-             progress: Progress | None = None) -> FinetuneResult:
+             progress: Progress | None = None, tail: torch.nn.Module | None = None) -> FinetuneResult:
     """All rounds of finetune -> soft-match; deterministic for ``cfg.seed``.
 
     ``progress(done, total)`` counts training steps over all rounds (total 0 without tracks).
+    ``tail``: the backbone's last block, trained when ``cfg.train_last_block`` (then ``data.trunk`` is needed).
     """
-    with _single_thread():
-        return _finetune(data, cfg, match_cfg, progress)
+    if cfg.train_last_block and (tail is None or data.trunk is None):
+        raise ValueError("train_last_block needs the backbone's last block and the crops' features before it")
+    if not cfg.train_last_block:
+        with _single_thread():
+            return _finetune(data, cfg, match_cfg, progress, None)
+    return _finetune(data, cfg, match_cfg, progress, tail)  # convolutions: intra-op threads pay off
 
 
 def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
-              progress: Progress | None = None) -> FinetuneResult:
+              progress: Progress | None, tail: torch.nn.Module | None) -> FinetuneResult:
     rng = np.random.default_rng(cfg.seed)
     device = resolve_device(cfg.device)
-    log.info("finetuning on %s (device %r)", device, cfg.device)
+    log.info("finetuning on %s (device %r)%s", device, cfg.device, " with the last backbone block" if tail else "")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         student = AdaptNet(data.views.shape[2], cfg)  # initialised on the CPU, so any device starts alike
@@ -175,16 +235,21 @@ def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
     student.to(device)
     teacher = copy.deepcopy(student).requires_grad_(False)
     loss_fn = DINOLoss(cfg.out_dim, cfg).to(device)
-    opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tails = None if tail is None else (copy.deepcopy(tail).to(device), copy.deepcopy(tail).to(device).requires_grad_(False))
+    groups = [{"params": list(student.parameters())}]
+    if tails is not None:
+        groups.append({"params": list(tails[0].parameters()), "lr": cfg.lr * cfg.last_block_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = {"student": student, "teacher": teacher, "loss": loss_fn, "opt": opt, "step": 0, "device": device,
-             "ema": _ema_schedule(cfg, cfg.rounds * cfg.steps_per_round),
+             "tails": tails, "ema": _ema_schedule(cfg, cfg.rounds * cfg.steps_per_round),
              "progress": ProgressCounter(cfg.rounds * cfg.steps_per_round if data.n_tracks else 0, progress)}
     losses, rounds, matches = [], [], []
     partners = None
     for r in range(1, cfg.rounds + 1):
         round_losses = _train_round(state, data, partners, cfg, r == 1, rng) if data.n_tracks else []
         losses += round_losses
-        samples, sample_track = flatten_views(data.views, data.crop_track, match_cfg.use_views)
+        views = data.views if tails is None else tail_outputs(tails[0], data.trunk, data.views.shape[2], device)
+        samples, sample_track = flatten_views(views, data.crop_track, match_cfg.use_views)
         emb = student_embeddings(student, samples)
         m = soft_match(emb, sample_track, data.n_tracks, data.cannot_link, match_cfg)
         partners = m.partners(data.n_tracks)
@@ -193,4 +258,9 @@ def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
                        "n_matches": len(m)})
         log.info("round %d: loss %.4f, %d soft matches", r, rounds[-1]["final_loss"], len(m))
     state["progress"].finish()
-    return FinetuneResult(student.cpu(), teacher.cpu(), loss_fn.cpu(), losses, rounds, matches)
+    result = FinetuneResult(student.cpu(), teacher.cpu(), loss_fn.cpu(), losses, rounds, matches)
+    if tails is None:
+        return result
+    result.tail_views = tuple(tail_outputs(t, data.trunk, data.views.shape[2], device) for t in tails)
+    result.tail_weights = tuple({k: v.detach().cpu() for k, v in t.state_dict().items()} for t in tails)
+    return result

@@ -35,7 +35,10 @@ from vcn_assets.core.clustering import (
 )
 from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig
 from vcn_assets.core.corrections import Resolved, link_matrices
-from vcn_assets.core.crops import UNKNOWN, VALID
+from vcn_assets.core.crops import UNKNOWN, VALID, trunk_features
+from vcn_assets.core.tracking import TrackBoxes
+from vcn_assets.core.video import VideoInfo
+from vcn_assets.models.base import FaceModels
 
 NOT_FACE = "not_face"  # status of a track the reviewer marked as not a face
 from vcn_assets.core.finetune import FinetuneResult, TrainingSet, finetune
@@ -56,15 +59,16 @@ def cooccurrence(track_of_box: NDArray[np.int64], frame_of_box: NDArray[np.int64
 
 @dataclass(frozen=True)
 class ClusterInputs:
-    """Valid tracks' crops: ``views`` (C, V, D), ``crop_track`` (C,) in 0..T-1, ``track_ids`` (T,) the
-    original ids of the valid tracks, ``n_all`` tracks in total, ``valid_index`` (T,) their rows,
-    ``cannot_link`` sparse (T, T) bool."""
+    """Valid tracks' crops: ``views`` (C, V, D), ``crop_track`` (C,) in 0..T-1, ``valid_index`` (T,) the
+    rows of the valid tracks among all ``n_all`` tracks, ``cannot_link`` sparse (T, T) bool, and
+    ``crop_rows`` (C,) the crops' rows in Stage 1's crop list."""
 
     views: NDArray[np.float32]
     crop_track: NDArray[np.int64]
     valid_index: NDArray[np.int64]
     n_all: int
     cannot_link: sp.csr_matrix
+    crop_rows: NDArray[np.int64]
 
     @classmethod
     def from_stage1(cls, status: NDArray[np.str_], crop_track_row: NDArray[np.int64], views: NDArray[np.float32],
@@ -76,7 +80,7 @@ class ClusterInputs:
         remap[valid_index] = np.arange(len(valid_index))
         keep = remap[crop_track_row] >= 0
         cl = sp.csr_matrix(cooccur_all, dtype=bool)[valid_index][:, valid_index]
-        return cls(views[keep], remap[crop_track_row[keep]], valid_index, len(status), cl)
+        return cls(views[keep], remap[crop_track_row[keep]], valid_index, len(status), cl, np.flatnonzero(keep))
 
 
 @dataclass(frozen=True)
@@ -88,8 +92,13 @@ class ClusterOutput:
     suggestions: MergeSuggestions
 
 
-def metric_terms(ft: FinetuneResult, x: NDArray[np.float32]) -> MetricTerms:
-    p, logs = pair_loss_terms(ft.teacher, ft.student, ft.loss_fn, torch.from_numpy(np.ascontiguousarray(x)))
+def metric_terms(ft: FinetuneResult, x_teacher: NDArray[np.float32], x_student: NDArray[np.float32]) -> MetricTerms:
+    """The learnt metric's terms of items whose backbone embeddings are ``x_teacher`` / ``x_student``
+    (the same array unless the last block was trained: :meth:`FinetuneResult.backbone_views`)."""
+    def tensor(x: NDArray[np.float32]) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(x))
+
+    p, logs = pair_loss_terms(ft.teacher, ft.student, ft.loss_fn, tensor(x_teacher), tensor(x_student))
     return MetricTerms(p.double().numpy(), logs.double().numpy())
 
 
@@ -100,11 +109,32 @@ def track_mean_inputs(views: NDArray[np.float32], crop_track: NDArray[np.int64],
     return (sums / np.maximum(np.bincount(crop_track, minlength=n), 1)[:, None]).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class LastBlock:
+    """For ``train_last_block``: the valid crops' features before the backbone's last block
+    (C, V, *F), in ``ClusterInputs`` order, and that block (``TrainableTail.tail()``)."""
+
+    trunk: NDArray[np.float16]
+    tail: torch.nn.Module
+
+
+def last_block_inputs(info: VideoInfo, boxes: TrackBoxes, crop_track_id: NDArray[np.int64],
+                      crop_frame_idx: NDArray[np.int64], crop_embedding: NDArray[np.float32], inputs: ClusterInputs,
+                      models: FaceModels, seed: int, progress: Progress | None = None) -> LastBlock:
+    """:class:`LastBlock` of the valid crops: their features re-read from the movie (Stage 1's crop list
+    given as ``crop_track_id``, ``crop_frame_idx``, ``crop_embedding``) and the embedder's last block."""
+    rows = inputs.crop_rows
+    trunk = trunk_features(info, boxes, crop_track_id[rows], crop_frame_idx[rows], crop_embedding[rows], models,
+                           inputs.views.shape[1], seed, progress)
+    return LastBlock(trunk, models.trainable_tail().tail())
+
+
 def adapt(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: MatchConfig,
-          progress: Progress | None = None) -> FinetuneResult:
+          progress: Progress | None = None, last_block: LastBlock | None = None) -> FinetuneResult:
     """Stages 2 and 3: all finetune -> soft-match rounds on the valid tracks."""
-    data = TrainingSet.build(inputs.views, inputs.crop_track, len(inputs.valid_index), inputs.cannot_link)
-    return finetune(data, ft_cfg, match_cfg, progress=progress)
+    trunk = last_block.trunk if last_block is not None else None
+    data = TrainingSet.build(inputs.views, inputs.crop_track, len(inputs.valid_index), inputs.cannot_link, trunk)
+    return finetune(data, ft_cfg, match_cfg, progress=progress, tail=last_block.tail if last_block is not None else None)
 
 
 def corrected_status(status: NDArray[np.str_], resolved: Resolved) -> NDArray[np.str_]:
@@ -140,10 +170,12 @@ def final_clusters(inputs: ClusterInputs, ft: FinetuneResult, cl_cfg: ClusterCon
     out = np.full(inputs.n_all, -1, np.int64)
     if n == 0:
         return FinalClusters(out, 0, merge_suggestions(*_no_terms(), np.zeros(0, np.int64), None, cl_cfg))
-    views = inputs.views if cl_cfg.use_views else inputs.views[:, :1]
-    crops = metric_terms(ft, views.reshape(-1, views.shape[2]))
-    crop_track = np.repeat(inputs.crop_track, views.shape[1])
-    tracks = metric_terms(ft, track_mean_inputs(inputs.views, inputs.crop_track, n))
+    student_views, teacher_views = ft.backbone_views(inputs.views)
+    used = slice(None) if cl_cfg.use_views else slice(0, 1)
+    flat_t, flat_s = (v[:, used].reshape(-1, v.shape[2]) for v in (teacher_views, student_views))
+    crops = metric_terms(ft, flat_t, flat_s)
+    crop_track = np.repeat(inputs.crop_track, flat_s.shape[0] // max(len(inputs.crop_track), 1))
+    tracks = metric_terms(ft, *(track_mean_inputs(v, inputs.crop_track, n) for v in (teacher_views, student_views)))
     labels, n_iter = cluster_tracks(crops, tracks, crop_track, inputs.cannot_link, cl_cfg, user)
     hints = merge_suggestions(crops, tracks, crop_track, labels, inputs.cannot_link, cl_cfg, user, n_suggestions)
     out[inputs.valid_index] = labels
@@ -161,10 +193,10 @@ def cluster_names(cluster_of_track: NDArray[np.int64], resolved: Resolved) -> di
 
 
 def cluster_movie(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: MatchConfig,
-                  cl_cfg: ClusterConfig) -> ClusterOutput:
+                  cl_cfg: ClusterConfig, last_block: LastBlock | None = None) -> ClusterOutput:
     """Stages 2-4 in one call (what the three assets do in sequence)."""
     t0 = time.perf_counter()
-    ft = adapt(inputs, ft_cfg, match_cfg)
+    ft = adapt(inputs, ft_cfg, match_cfg, last_block=last_block)
     t1 = time.perf_counter()
     final = final_clusters(inputs, ft, cl_cfg)
     seconds = {"finetune_and_match": t1 - t0, "cluster": time.perf_counter() - t1}

@@ -27,6 +27,10 @@ class ModelFileError(ValueError):
     the message names the file and how to restore it. A missing file is a ``FileNotFoundError``."""
 
 
+class UnsupportedModelError(ValueError):
+    """The configured backend cannot do what the config asks of it (the message says what would)."""
+
+
 def short_reason(exc: BaseException, limit: int = 160) -> str:
     """The first line of ``exc``'s message, shortened: a loader's own message, for one-line errors."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
@@ -124,6 +128,21 @@ class StochasticEmbedder(Protocol):
     ) -> tuple[NDArray[np.float32], NDArray[np.float32]]: ...
 
 
+@runtime_checkable
+class TrainableTail(Protocol):
+    """Optional capability for Stage 2's ``train_last_block``: the embedder split before its last block.
+
+    ``trunk_views`` returns the features before that block (N, V, *F) float32 of the same kind of V
+    views ``embed_with_samples`` embeds (view 0 the crop, then the backend's perturbations drawn from
+    ``rng``); ``tail()`` is a fresh trainable ``torch.nn.Module`` mapping (B, *F) features to (B, dim)
+    embeddings, equal to ``embed`` of view 0 before it is trained.
+    """
+
+    def trunk_views(self, aligned_bgr: NDArray[np.uint8], n_views: int, rng: np.random.Generator) -> NDArray[np.float32]: ...
+
+    def tail(self) -> Any: ...
+
+
 @dataclass(frozen=True)
 class FaceModels:
     """A resolved backend: the detector, the embedder and what identifies them (for lineage)."""
@@ -137,3 +156,10 @@ class FaceModels:
     @property
     def stochastic(self) -> StochasticEmbedder | None:
         return self.embedder if isinstance(self.embedder, StochasticEmbedder) else None
+
+    def trainable_tail(self) -> TrainableTail:
+        """The embedder's :class:`TrainableTail`; a ValueError naming the backend when it has none."""
+        if not isinstance(self.embedder, TrainableTail):
+            raise UnsupportedModelError(f"backend {self.backend!r}: its embedder has no trainable last block (its network is not "
+                             f"in torch); train_last_block works with the dlib and insightface backends")
+        return self.embedder

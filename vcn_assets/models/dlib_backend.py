@@ -39,11 +39,12 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from vcn_assets.core.files import file_sha256
-from vcn_assets.models.base import AlignmentSpec, ModelFileError, short_reason
-from vcn_assets.models.dlib_torch import DlibResNet, load_dlib_resnet
+from vcn_assets.models.base import AlignmentSpec, ModelFileError, UnsupportedModelError, short_reason
+from vcn_assets.models.dlib_torch import DlibResNet, DlibTail, load_dlib_resnet
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,30 @@ class DlibEmbedder:
         flat = self.embed(np.concatenate(views)) if n else np.zeros((0, self.dim), np.float32)
         samples = flat.reshape(len(views), n, self.dim).transpose(1, 0, 2)
         return samples[:, 0].copy(), np.ascontiguousarray(samples)
+
+
+    def trunk_views(self, aligned_bgr: NDArray[np.uint8], n_views: int, rng: np.random.Generator) -> NDArray[np.float32]:
+        """Features before the last residual block (N, V, 256, 4, 4) of the crop and ``n_views - 1``
+        perturbations (mirror, then random shift/scale/rotation, as :meth:`embed_with_samples`)."""
+        net = self._require_torch()
+        n = len(aligned_bgr)
+        views = np.concatenate([aligned_bgr] + [_perturb(aligned_bgr, t, rng) for t in range(1, n_views)])
+        device = net.fc.device
+        with torch.no_grad():
+            feats = [net.trunk(torch.from_numpy(np.ascontiguousarray(views[i:i + 32, :, :, ::-1])).to(device)
+                               .permute(0, 3, 1, 2).float()).cpu().numpy() for i in range(0, len(views), 32)]
+        flat = np.concatenate(feats) if feats else np.zeros((0, 256, 4, 4), np.float32)
+        return np.ascontiguousarray(flat.reshape(n_views, n, *flat.shape[1:]).swapaxes(0, 1))
+
+    def tail(self) -> DlibTail:
+        """A trainable copy of the network's last block, pooling and final layer."""
+        return self._require_torch().tail()
+
+    def _require_torch(self) -> DlibResNet:
+        if self._torch_net is None:
+            raise UnsupportedModelError(f"dlib runtime {self.runtime!r} cannot train the last block: set the model config's "
+                             f"dlib_runtime to 'torch'")
+        return self._torch_net
 
 
 def _describe(net, aligned_bgr: NDArray[np.uint8]) -> NDArray[np.float32]:

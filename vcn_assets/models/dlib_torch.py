@@ -169,6 +169,18 @@ class DlibResNet(torch.nn.Module):
             x = block(x)
         return x.mean(dim=(2, 3)) @ self.fc
 
+    def trunk(self, rgb: torch.Tensor) -> torch.Tensor:
+        """Everything before the last residual block: (N, 3, 150, 150) -> (N, 256, 4, 4) features."""
+        x = F.max_pool2d(F.relu(self.stem((rgb - self.mean) / 256.0)), 3, 2)
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return x
+
+    def tail(self) -> DlibTail:
+        """A trainable copy of the last residual block, pooling and final layer (what :meth:`trunk`
+        leaves): ``tail(trunk(x)) == self(x)`` until it is trained."""
+        return DlibTail(self.blocks[-1], self.fc)
+
     @torch.no_grad()
     def describe(self, chips_rgb: NDArray[np.uint8], batch: int = 32) -> NDArray[np.float32]:
         """Descriptors (N, 128) of 150x150 RGB chips, ``batch`` chips per forward pass, on the
@@ -177,6 +189,35 @@ class DlibResNet(torch.nn.Module):
         out = [self(torch.from_numpy(np.ascontiguousarray(chips_rgb[i:i + batch])).to(device).permute(0, 3, 1, 2).float()).cpu()
                for i in range(0, len(chips_rgb), batch)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.fc.shape[1]), np.float32)
+
+
+
+class _TrainableConv(torch.nn.Module):
+    """A :class:`_ConvAffine` whose weights are parameters (the original keeps them as buffers)."""
+
+    def __init__(self, frozen: _ConvAffine) -> None:
+        super().__init__()
+        self.stride, self.padding = frozen.stride, frozen.padding
+        for name in ("weight", "bias", "gamma", "beta"):
+            setattr(self, name, torch.nn.Parameter(getattr(frozen, name).detach().clone()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding) * self.gamma + self.beta
+
+
+class DlibTail(torch.nn.Module):
+    """dlib's last residual block + global average pooling + the 128-d final layer, trainable
+    (Stage 2's ``train_last_block``): trunk features (N, 256, 4, 4) -> (N, 128) descriptors."""
+
+    def __init__(self, block: _Block, fc: torch.Tensor) -> None:
+        super().__init__()
+        self.first, self.second, self.down = _TrainableConv(block.first), _TrainableConv(block.second), block.down
+        self.fc = torch.nn.Parameter(fc.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.second(F.relu(self.first(x)))
+        y = F.relu(_pad_add(y, F.avg_pool2d(x, 2, 2) if self.down else x))
+        return y.mean(dim=(2, 3)) @ self.fc
 
 
 _BLOCK = ["con_4", "affine_", "relu_", "con_4", "affine_", "add_prev_", "relu_"]

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from vcn_assets.core.files import file_sha256
@@ -351,6 +352,18 @@ class EmbeddingHead:
         return ((features @ self.weight + self.bias) * self.scale + self.shift).astype(np.float32)
 
 
+class HeadModule(torch.nn.Module):
+    """:class:`EmbeddingHead` in torch, every part trainable: ``(x @ weight + bias) * scale + shift``."""
+
+    def __init__(self, head: EmbeddingHead) -> None:
+        super().__init__()
+        for name in ("weight", "bias", "scale", "shift"):
+            setattr(self, name, torch.nn.Parameter(torch.from_numpy(np.array(getattr(head, name), np.float32))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x @ self.weight + self.bias) * self.scale + self.shift
+
+
 class _GraphIndex:
     """Producers and constant values of one ONNX graph."""
 
@@ -633,6 +646,21 @@ class ArcFaceEmbedder:
             for i, feature in enumerate(feats):
                 samples[start + i] = self._samples(feature, n_samples, rng)
         return emb, samples
+
+    def trunk_views(self, aligned_bgr: NDArray[np.uint8], n_views: int, rng: np.random.Generator) -> NDArray[np.float32]:
+        """For ``train_last_block``: pre-FC features (N, V, F) of the crop (view 0) and ``n_views - 1``
+        inverted-dropout copies of it (the SER-FIQ perturbation, masks drawn crop by crop)."""
+        feats = self.features(aligned_bgr)
+        keep = rng.random((len(feats), n_views, feats.shape[1]), dtype=np.float32) >= self.dropout
+        keep[:, 0] = True
+        scale = np.ones(n_views, np.float32)
+        scale[1:] = 1.0 / (1.0 - self.dropout)
+        return np.where(keep, feats[:, None] * scale[None, :, None], np.float32(0.0))
+
+    def tail(self) -> HeadModule:
+        """The network's last block as a trainable torch module: the embedding layer (fully connected,
+        its trailing BatchNorm folded in) over the pre-FC features; equal to :meth:`embed` until trained."""
+        return HeadModule(self.head)
 
     def embed_stochastic(
         self, aligned_bgr: NDArray[np.uint8], n_samples: int, rng: np.random.Generator

@@ -24,7 +24,7 @@ from vcn_assets.core.plots import markdown_image, quality_histogram, timeline
 from vcn_assets.core.shots import detect_shots
 from vcn_assets.core.tracking import track_faces
 from vcn_assets.core.video import VideoError, VideoInfo, content_hash, probe
-from vcn_assets.models.base import ModelFileError
+from vcn_assets.models.base import ModelFileError, UnsupportedModelError
 from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
 from vcn_assets.orchestration.checks import embeddings_finite, with_checks, with_metadata
 from vcn_assets.orchestration.k8s import k8s_op_tags
@@ -46,12 +46,12 @@ def user_errors() -> Iterator[None]:
     """Turn the errors a user can act on into a one-line Dagster failure naming the file."""
     try:
         yield
-    except (VideoError, StoreError, CheckpointError, ModelFileError, DeviceError, FileNotFoundError,
-            PermissionError) as exc:
+    except (VideoError, StoreError, CheckpointError, ModelFileError, UnsupportedModelError, DeviceError,
+            FileNotFoundError, PermissionError) as exc:
         raise dg.Failure(description=str(exc), allow_retries=False) from exc
 
 
-def _info_from_store(vcn: VcnResource, key: str) -> VideoInfo:
+def info_from_store(vcn: VcnResource, key: str) -> VideoInfo:
     df = vcn.store().read("movies", key)
     if df.height == 0:
         raise ValueError(f"movie {key!r} has no probe record: materialise `shots` first")
@@ -117,7 +117,7 @@ def tracks(context: dg.AssetExecutionContext, config: TracksRun, vcn: VcnResourc
     cfg = to_core(config, TrackConfig)
 
     def compute() -> Computed:
-        info = _info_from_store(vcn, key)
+        info = info_from_store(vcn, key)
         found_shots = tables.shots_from(vcn.store().read("shots", key))
         models = vcn.models(cfg)
         boxes = track_faces(info, found_shots, models.detector, cfg, progress=step_progress(context, "tracks", "frames"),
@@ -144,7 +144,7 @@ def crops(context: dg.AssetExecutionContext, config: CropsRun, vcn: VcnResource)
     cfg = to_core(config, CropConfig)
 
     def compute() -> Computed:
-        info = _info_from_store(vcn, key)
+        info = info_from_store(vcn, key)
         boxes = tables.boxes_from(vcn.store().read("track_boxes", key))
         models = vcn.embedding_models()
         found = extract_crops(info, boxes, models, cfg, progress=step_progress(context, "crops", "crops"))

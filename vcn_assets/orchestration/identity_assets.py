@@ -20,18 +20,20 @@ from vcn_assets.core.crops import UNKNOWN, VALID
 from vcn_assets.core.finetune import student_embeddings
 from vcn_assets.core.identity import (
     ClusterInputs,
+    LastBlock,
     adapt,
     cluster_names,
     constraints_for,
     cooccurrence,
     corrected_status,
     final_clusters,
+    last_block_inputs,
     track_mean_inputs,
 )
 from vcn_assets.core.plots import cast_timeline, embedding_plot, loss_curve, markdown_image, project_2d
 from vcn_assets.core.soft_match import flatten_views, soft_match
 from vcn_assets.core.tracking import TrackBoxes
-from vcn_assets.orchestration.assets import crops, user_errors
+from vcn_assets.orchestration.assets import crops, info_from_store, user_errors
 from vcn_assets.orchestration.caching import CODE_VERSIONS, Computed, Stage, materialize_stage
 from vcn_assets.orchestration.checks import with_checks, with_metadata
 from vcn_assets.orchestration.k8s import k8s_op_tags
@@ -104,6 +106,17 @@ def _save_checkpoint(vcn: VcnResource, key: str, result, in_dim: int, cfg: Finet
     return path, digest
 
 
+def _last_block(context: dg.AssetExecutionContext, vcn: VcnResource, key: str, m: MovieInputs,
+                cfg: FinetuneConfig) -> LastBlock:
+    """``train_last_block``: the valid crops re-read from the movie up to the backbone's last block."""
+    boxes = tables.boxes_from(vcn.store().read("track_boxes", key))
+    crops_df = m.crops
+    embedding = np.asarray(crops_df["embedding"].to_list(), np.float32).reshape(crops_df.height, -1)
+    return last_block_inputs(info_from_store(vcn, key), boxes, crops_df["track_id"].to_numpy().astype(np.int64),
+                             crops_df["frame_idx"].to_numpy().astype(np.int64), embedding, m.inputs,
+                             vcn.embedding_models(), cfg.seed, progress=step_progress(context, "last_block", "crops"))
+
+
 def _pending(vcn: VcnResource, key: str) -> Path:
     """Where a checkpoint is written before its content-addressed rename (never referenced in DuckDB)."""
     return vcn.data_path / "checkpoints" / f"{key}.pending.safetensors"
@@ -137,8 +150,11 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
     cfg = to_core(config, FinetuneConfig)
 
     def compute() -> Computed:
-        inputs = _inputs(vcn, key).inputs
-        result = adapt(inputs, cfg, MatchConfig(), progress=step_progress(context, "finetune", "steps"))
+        m = _inputs(vcn, key)
+        inputs = m.inputs
+        last_block = _last_block(context, vcn, key, m, cfg) if cfg.train_last_block else None
+        result = adapt(inputs, cfg, MatchConfig(), progress=step_progress(context, "finetune", "steps"),
+                       last_block=last_block)
         path, digest = _save_checkpoint(vcn, key, result, inputs.views.shape[2], cfg)
         frames = _checkpoint_frames(key, path, digest, inputs, result, cfg)
         return Computed(frames, {
@@ -154,8 +170,9 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
     with user_errors():
         discard_partial(_pending(vcn, key))  # what a killed run of this movie left
         # the rounds soft-match with MatchConfig's defaults: part of what determines the checkpoint
+        # a trained last block is the backbone's: its weights are then part of what determines the checkpoint
         stage = Stage("finetuned_checkpoint", {"finetune": describe(cfg), "match": describe(MatchConfig())},
-                      {}, ("crops",))
+                      vcn.model_identity() if cfg.train_last_block else {}, ("crops",))
         result = materialize_stage(context, vcn, stage, compute, still_valid=file_present)
         losses = vcn.store().read("finetune_loss", key)
         png = loss_curve(losses["loss"].to_numpy() if losses.height else [], cfg.steps_per_round)
@@ -172,7 +189,7 @@ def soft_matches(context: dg.AssetExecutionContext, config: MatchRun, vcn: VcnRe
     def compute() -> Computed:
         inputs, track_ids, *_ = _inputs(vcn, key)
         ft = load_checkpoint(stored_checkpoint(vcn, key), inputs.views.shape[2])
-        samples, sample_track = flatten_views(inputs.views, inputs.crop_track, cfg.use_views)
+        samples, sample_track = flatten_views(ft.backbone_views(inputs.views)[0], inputs.crop_track, cfg.use_views)
         emb = student_embeddings(ft.student, samples)
         final = soft_match(emb, sample_track, len(inputs.valid_index), inputs.cannot_link, cfg)
         rounds = [(r, m) for r, m in enumerate(ft.round_matches, start=1)] + [(0, final)]
@@ -275,7 +292,8 @@ SHEET_CLUSTERS = 24  # rows shown in the UI; metadata stays small (a 56 px thumb
 def _embedding_picture(ft, inputs: ClusterInputs, cluster_of_track: np.ndarray, names: dict[int, str]):
     """Valid tracks' mean student embeddings in 2-D, coloured by cluster (the paper's Fig. 4)."""
     n = len(inputs.valid_index)
-    emb = student_embeddings(ft.student, track_mean_inputs(inputs.views, inputs.crop_track, n)) if n else np.zeros((0, 2))
+    views = ft.backbone_views(inputs.views)[0]
+    emb = student_embeddings(ft.student, track_mean_inputs(views, inputs.crop_track, n)) if n else np.zeros((0, 2))
     png = embedding_plot(project_2d(emb), cluster_of_track[inputs.valid_index], names=names)
     return dg.MetadataValue.md(markdown_image(png, "tracks by cluster"))
 
