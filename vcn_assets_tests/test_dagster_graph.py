@@ -67,6 +67,7 @@ def test_materialize_whole_graph_fake_backend(instance: dg.DagsterInstance, data
     assert c["clusters"] == 4 and 1 <= c["cluster_summary"] <= 4 and c["checkpoints"] == 1
     mats = {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     assert mats["tracks"].metadata["n_tracks"].value == 4
+    assert mats["finetuned_checkpoint"].metadata["backbone_last_block"].value == "frozen"
     sheet = mats["clusters"].metadata["contact_sheet"].value
     assert sheet.startswith("![clusters](data:image/jpeg;base64,") and len(sheet) < 100_000
     assert str(data_dir / "movies") in mats["shots"].metadata["path"].value

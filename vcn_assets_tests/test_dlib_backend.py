@@ -126,6 +126,8 @@ def test_whole_graph_with_the_last_block_trained(
     shutil.copy(sample_case / "movie.mp4", movie)
     result = run(instance, data_dir, "sample", backend="dlib", finetune=FAST_FINETUNE | {"train_last_block": True})
     assert result.success
+    mats = {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
+    assert mats["finetuned_checkpoint"].metadata["backbone_last_block"].value.startswith("trained (1,213,952 weights")
     path = stored_checkpoint(VcnResource(data_dir=str(data_dir), backend="dlib"), "sample")
     with safe_open(str(path), framework="pt") as f:
         names = set(f.keys())

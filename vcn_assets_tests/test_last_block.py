@@ -145,7 +145,7 @@ def test_a_backend_without_a_torch_block_says_so() -> None:
 
 
 def test_no_valid_track_and_one_track_with_the_block() -> None:
-    views, crop_track, _ = _blob_views(2, 2, 4)
+    views, _, _ = _blob_views(2, 2, 4)
     trunk, tail = _trunk_and_tail(views)
     none = ClusterInputs.from_stage1(np.array(["unknown"]), np.array([0]), views[:1], np.zeros((1, 1), bool))
     out = cluster_movie(none, LAST, MatchConfig(), ClusterConfig(), LastBlock(trunk[:0], tail))

@@ -117,6 +117,13 @@ def _last_block(context: dg.AssetExecutionContext, vcn: VcnResource, key: str, m
                              vcn.embedding_models(), cfg.seed, progress=step_progress(context, "last_block", "crops"))
 
 
+def _block_description(last_block: LastBlock | None) -> str:
+    if last_block is None:
+        return "frozen"
+    n = sum(p.numel() for p in last_block.tail.parameters())
+    return f"trained ({n:,} weights, {last_block.trunk.shape[0]} crops x {last_block.trunk.shape[1]} views re-read)"
+
+
 def _pending(vcn: VcnResource, key: str) -> Path:
     """Where a checkpoint is written before its content-addressed rename (never referenced in DuckDB)."""
     return vcn.data_path / "checkpoints" / f"{key}.pending.safetensors"
@@ -161,6 +168,7 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
             "path": dg.MetadataValue.path(str(path)), "sha256": digest, "rounds": result.rounds,
             "loss_first": result.losses[0] if result.losses else None,
             "loss_last": result.losses[-1] if result.losses else None,
+            "backbone_last_block": _block_description(last_block),
         }, digest[:16])
 
     def file_present() -> bool:
