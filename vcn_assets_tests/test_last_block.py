@@ -153,3 +153,23 @@ def test_no_valid_track_and_one_track_with_the_block() -> None:
     one = ClusterInputs.from_stage1(np.array(["valid"]), np.zeros(3, np.int64), views[:3], np.zeros((1, 1), bool))
     out = cluster_movie(one, LAST, MatchConfig(), ClusterConfig(), LastBlock(trunk[:3], tail))
     assert out.cluster_of_track.tolist() == [0]
+
+
+@pytest.mark.slow
+def test_bench_trains_the_block_on_a_case(tmp_path: Path) -> None:
+    """`vcn bench --train-last-block`'s path: the case's movie is re-read and `vcn` trains the block."""
+    from vcn_assets.bench.clustering_eval import MethodConfigs
+    from vcn_assets.bench.run import bench_case
+    from vcn_assets.core.config import ModelConfig
+    from vcn_assets.core.pipeline import PipelineConfig
+    from vcn_assets.core.samples import SampleSpec, make_sample_case
+
+    case = make_sample_case(tmp_path, SampleSpec(n_shots=6, identities=3, shot_seconds=(1.2, 1.6), seed=3)).parent
+    fast = dataclasses.replace(LAST, hidden_dim=512, bottleneck_dim=128, out_dim=64)
+    r = bench_case(case, PipelineConfig(), ModelConfig(backend="dlib"), methods=("vcn",),
+                   method_cfgs=MethodConfigs(finetune=fast))
+    vcn = r["methods"]["vcn"]
+    assert vcn["n_tracks_evaluated"] >= 4 and vcn["wcp"] == 1.0
+    with pytest.raises(ValueError, match="backend 'fake'.*no trainable last block"):
+        bench_case(case, PipelineConfig(), ModelConfig(backend="fake"), methods=("vcn",),
+                   method_cfgs=MethodConfigs(finetune=fast))

@@ -149,10 +149,10 @@ def _last_block_maker(case: Case, result: Stage1Result, model_cfg: ModelConfig, 
                       seed: int) -> Callable[[ClusterInputs], LastBlock]:
     """``train_last_block``: a function making the valid crops' last-block inputs (re-reads the movie)."""
     models = build_models(model_cfg, cfg.tracks.min_face_px, cfg.tracks.min_score, cfg.tracks.detect_max_side)
-    crops = result.crops
+    crops, info = result.crops, dataclasses.replace(result.info, path=case.movie)  # where the case is now
 
     def make(inputs: ClusterInputs) -> LastBlock:
-        return last_block_inputs(dataclasses.replace(result.info, path=case.movie), result.boxes, np.asarray(crops.track_id, np.int64),
+        return last_block_inputs(info, result.boxes, np.asarray(crops.track_id, np.int64),
                                  np.asarray(crops.frame_idx, np.int64), np.asarray(crops.embedding, np.float32),
                                  inputs, models, seed)
     return make

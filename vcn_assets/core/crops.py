@@ -174,8 +174,8 @@ def trunk_features(info: VideoInfo, boxes: TrackBoxes, track_id: NDArray[np.int6
         raise VideoError(info.path, f"{missing} of {len(rows)} crop frames could not be read: the movie changed "
                                     f"since `crops` was materialised; re-materialise crops")
     out = np.zeros((len(rows), *parts[0][1].shape[1:]), np.float16)
-    for where_, feats in parts:
-        out[where_] = feats
+    for positions, feats in parts:
+        out[positions] = feats
     _check_reread(info, out, embedding, backbone.tail())
     return out
 
