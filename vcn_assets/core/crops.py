@@ -159,15 +159,25 @@ def trunk_features(info: VideoInfo, boxes: TrackBoxes, track_id: NDArray[np.int6
     if len(rows) == 0:
         return np.zeros((0, n_views), np.float16)  # nothing to read
     position = {int(r): i for i, r in enumerate(rows)}
-    parts: list[tuple[list[int], NDArray[np.float32]]] = []
+    parts: list[tuple[list[int], NDArray[np.float16]]] = []
     rng = np.random.default_rng(seed)
     counter = ProgressCounter(len(rows), progress)
-    done = 0
+    done, batch, batch_at = 0, [], []
+
+    def flush() -> None:  # 64 chips per trunk pass, as extract_crops batches them
+        parts.append((batch_at[:], backbone.trunk_views(np.concatenate(batch), n_views, rng).astype(np.float16)))
+        batch.clear()
+        batch_at.clear()
+
     for frame_bgr, frame_rows in _frames_with_rows(info, boxes, np.sort(rows)):
-        chips = align_faces(frame_bgr, boxes.kps[frame_rows], models.embedder.alignment)
-        parts.append(([position[int(r)] for r in frame_rows], backbone.trunk_views(chips, n_views, rng).astype(np.float16)))
+        batch.append(align_faces(frame_bgr, boxes.kps[frame_rows], models.embedder.alignment))
+        batch_at.extend(position[int(r)] for r in frame_rows)
+        if len(batch_at) >= 64:
+            flush()
         done += len(frame_rows)
         counter.update(done)
+    if batch:
+        flush()
     counter.finish()
     missing = len(rows) - done
     if missing:
