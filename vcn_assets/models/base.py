@@ -158,8 +158,10 @@ class FaceModels:
         return self.embedder if isinstance(self.embedder, StochasticEmbedder) else None
 
     def trainable_tail(self) -> TrainableTail:
-        """The embedder's :class:`TrainableTail`; a ValueError naming the backend when it has none."""
+        """The embedder's :class:`TrainableTail`; an :class:`UnsupportedModelError` naming the backend when
+        it has none."""
         if not isinstance(self.embedder, TrainableTail):
-            raise UnsupportedModelError(f"backend {self.backend!r}: its embedder has no trainable last block (its network is not "
-                             f"in torch); train_last_block works with the dlib and insightface backends")
+            raise UnsupportedModelError(f"backend {self.backend!r}: its embedder has no trainable last block (its "
+                                        f"network is not in torch); train_last_block works with the dlib and "
+                                        f"insightface backends")
         return self.embedder

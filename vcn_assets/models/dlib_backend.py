@@ -148,8 +148,8 @@ class DlibEmbedder:
 
     def _require_torch(self) -> DlibResNet:
         if self._torch_net is None:
-            raise UnsupportedModelError(f"dlib runtime {self.runtime!r} cannot train the last block: set the model config's "
-                             f"dlib_runtime to 'torch'")
+            raise UnsupportedModelError(f"dlib runtime {self.runtime!r} cannot train the last block: set the model "
+                                        f"config's dlib_runtime to 'torch'")
         return self._torch_net
 
 
