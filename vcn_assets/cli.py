@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(methods.vcn.seeds: each seed's WCP/PCR/B-cubed F, the median and the lowest)")
     b.add_argument("--train-last-block", action="store_true",
                    help="Stage 2 also trains the backbone's last block (FinetuneConfig.train_last_block; "
-                        "dlib backend; each case's movie is re-read for the crops' features)")
+                        "dlib or insightface backend; each case's movie is re-read for the crops' features)")
     b.set_defaults(fn=cmd_bench)
     s = sub.add_parser("bench-scale", help="Stages 2-4 on synthetic episode-shaped embeddings: time and memory")
     s.add_argument("--tracks", type=int, nargs="+", required=True)

@@ -30,6 +30,7 @@ input to a 3x3 convolution output); the descriptor is the final ``fc_no_bias`` o
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,17 +193,14 @@ class DlibResNet(torch.nn.Module):
 
 
 
-class _TrainableConv(torch.nn.Module):
-    """A :class:`_ConvAffine` whose weights are parameters (the original keeps them as buffers)."""
-
-    def __init__(self, frozen: _ConvAffine) -> None:
-        super().__init__()
-        self.stride, self.padding = frozen.stride, frozen.padding
-        for name in ("weight", "bias", "gamma", "beta"):
-            setattr(self, name, torch.nn.Parameter(getattr(frozen, name).detach().clone()))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding) * self.gamma + self.beta
+def _trainable(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose buffers (dlib's frozen weights) are trainable parameters."""
+    module = copy.deepcopy(module)
+    for sub in module.modules():
+        for name, value in list(sub.named_buffers(recurse=False)):
+            del sub._buffers[name]
+            sub.register_parameter(name, torch.nn.Parameter(value))
+    return module
 
 
 class DlibTail(torch.nn.Module):
@@ -211,13 +209,11 @@ class DlibTail(torch.nn.Module):
 
     def __init__(self, block: _Block, fc: torch.Tensor) -> None:
         super().__init__()
-        self.first, self.second, self.down = _TrainableConv(block.first), _TrainableConv(block.second), block.down
+        self.block = _trainable(block)
         self.fc = torch.nn.Parameter(fc.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.second(F.relu(self.first(x)))
-        y = F.relu(_pad_add(y, F.avg_pool2d(x, 2, 2) if self.down else x))
-        return y.mean(dim=(2, 3)) @ self.fc
+        return self.block(x).mean(dim=(2, 3)) @ self.fc
 
 
 _BLOCK = ["con_4", "affine_", "relu_", "con_4", "affine_", "add_prev_", "relu_"]
