@@ -11,6 +11,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from vcn_assets.core.config import FinetuneConfig
 from vcn_assets.definitions import ALL_ASSETS
 from vcn_assets.orchestration import assets
 from vcn_assets.orchestration.automation import PIPELINE_ASSETS, new_movies_sensor
@@ -68,6 +69,15 @@ def test_materialize_whole_graph_fake_backend(instance: dg.DagsterInstance, data
     mats = {e.asset_key.to_user_string(): e.materialization for e in result.get_asset_materialization_events()}
     assert mats["tracks"].metadata["n_tracks"].value == 4
     assert mats["finetuned_checkpoint"].metadata["backbone_last_block"].value == "frozen"
+    # every finetuned member's loss curve and soft matches are stored, told apart by `member`
+    store = Store(data_dir / "vcn.duckdb")
+    members = FinetuneConfig().members
+    assert mats["finetuned_checkpoint"].metadata["members"].value == members
+    per_member = store.read("finetune_loss", key).group_by("member").len().sort("member")
+    assert per_member["member"].to_list() == list(range(members))
+    assert per_member["len"].to_list() == [FAST_FINETUNE["rounds"] * FAST_FINETUNE["steps_per_round"]] * members
+    rounds = store.read("soft_matches", key).select("member", "round").unique()
+    assert set(rounds["member"].to_list()) <= set(range(members))
     sheet = mats["clusters"].metadata["contact_sheet"].value
     assert sheet.startswith("![clusters](data:image/jpeg;base64,") and len(sheet) < 100_000
     assert str(data_dir / "movies") in mats["shots"].metadata["path"].value

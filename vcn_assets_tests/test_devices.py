@@ -58,10 +58,10 @@ def test_cpu_and_auto_train_the_same_checkpoint(tmp_path: Path) -> None:
     for (ka, va), (kb, vb) in zip(a.teacher.state_dict().items(), b.teacher.state_dict().items(), strict=True):
         assert ka == kb and torch.equal(va, vb) and va.device.type == "cpu"
     in_dim = _data().views.shape[2]
-    digests = [save_checkpoint(tmp_path / f"{name}.safetensors", r, in_dim, dataclasses.replace(SMALL, device=name))
-               for name, r in (("auto", a), ("cpu", b))]
+    digests = [save_checkpoint(tmp_path / f"{name}.safetensors", [r], in_dim,
+                               dataclasses.replace(SMALL, device=name, members=1)) for name, r in (("auto", a), ("cpu", b))]
     assert digests[0] == digests[1]
-    back = load_checkpoint(tmp_path / "cpu.safetensors", in_dim)
+    [back] = load_checkpoint(tmp_path / "cpu.safetensors", in_dim)
     assert all(torch.equal(v, b.student.state_dict()[k]) for k, v in back.student.state_dict().items())
 
 

@@ -131,10 +131,11 @@ def test_whole_graph_with_the_last_block_trained(
     path = stored_checkpoint(VcnResource(data_dir=str(data_dir), backend="dlib"), "sample")
     with safe_open(str(path), framework="pt") as f:
         names = set(f.keys())
-    assert {"tail_views.student", "tail_views.teacher", "student_tail.fc", "teacher_tail.fc"} <= names
+    assert {"member0.tail_views.student", "member0.tail_views.teacher", "member0.student_tail.fc",
+            "member0.teacher_tail.fc"} <= names
     crops = Store(data_dir / "vcn.duckdb").read("crops", "sample")
-    ft = load_checkpoint(path, 128)
-    assert ft.tail_views[0].shape[1:] == (int(crops["n_views"][0]), 128)
+    members = load_checkpoint(path, 128)
+    assert all(ft.tail_views[0].shape[1:] == (int(crops["n_views"][0]), 128) for ft in members)
     assert counts(data_dir, "sample")["clusters"] >= 1
     # the same movie name, other content (the store was not told): the re-read is refused
     frames = cv2.VideoCapture(str(movie))

@@ -85,17 +85,18 @@ def test_views_of_other_crops_are_refused() -> None:
 
 def test_checkpoint_round_trip_keeps_the_block_and_its_views(tmp_path: Path) -> None:
     data, tail = _data()
-    ft = finetune(data, LAST, MatchConfig(), tail=tail)
+    one = dataclasses.replace(LAST, members=1)
+    ft = finetune(data, one, MatchConfig(), tail=tail)
     path = tmp_path / "ck.safetensors"
-    save_checkpoint(path, ft, data.views.shape[2], LAST)
-    back = load_checkpoint(path, data.views.shape[2])
+    save_checkpoint(path, [ft], data.views.shape[2], one)
+    [back] = load_checkpoint(path, data.views.shape[2])
     for mine, theirs in zip(ft.tail_views, back.tail_views):
         np.testing.assert_array_equal(mine, theirs)
     for mine, theirs in zip(ft.tail_weights, back.tail_weights):
         assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     # a file whose config says the block was trained but which lacks its views is refused
     plain = finetune(data, SMALL, MatchConfig())
-    save_checkpoint(path, plain, data.views.shape[2], LAST)
+    save_checkpoint(path, [plain], data.views.shape[2], one)
     with pytest.raises(CheckpointError, match="lacks the block's views"):
         load_checkpoint(path, data.views.shape[2])
 
@@ -106,12 +107,12 @@ def test_stage_4_reads_the_block_trained_views() -> None:
     inputs = ClusterInputs.from_stage1(np.array(["valid"] * len(ident)), crop_track, views,
                                        np.zeros((len(ident),) * 2, bool))
     out = cluster_movie(inputs, LAST, MatchConfig(), ClusterConfig(), LastBlock(trunk, tail))
-    assert out.finetune.tail_views is not None
+    assert len(out.members) == LAST.members and all(ft.tail_views is not None for ft in out.members)
     # Stage 4 on the same result gives the same clusters; with Stage 1's views instead, the
     # metric would differ: corrupt the stored block views and the clustering follows them
-    again = final_clusters(inputs, out.finetune, ClusterConfig())
+    again = final_clusters(inputs, out.members, ClusterConfig())
     np.testing.assert_array_equal(again.cluster_of_track, out.cluster_of_track)
-    swapped = dataclasses.replace(out.finetune, tail_views=tuple(v[::-1].copy() for v in out.finetune.tail_views))
+    swapped = [dataclasses.replace(ft, tail_views=tuple(v[::-1].copy() for v in ft.tail_views)) for ft in out.members]
     moved = final_clusters(inputs, swapped, ClusterConfig())
     assert moved.suggestions.score.tolist() != again.suggestions.score.tolist()
 
@@ -149,7 +150,7 @@ def test_no_valid_track_and_one_track_with_the_block() -> None:
     trunk, tail = _trunk_and_tail(views)
     none = ClusterInputs.from_stage1(np.array(["unknown"]), np.array([0]), views[:1], np.zeros((1, 1), bool))
     out = cluster_movie(none, LAST, MatchConfig(), ClusterConfig(), LastBlock(trunk[:0], tail))
-    assert out.cluster_of_track.tolist() == [-1] and out.finetune.tail_views[0].shape == (0, 2, views.shape[2])
+    assert out.cluster_of_track.tolist() == [-1] and out.members[0].tail_views[0].shape == (0, 2, views.shape[2])
     one = ClusterInputs.from_stage1(np.array(["valid"]), np.zeros(3, np.int64), views[:3], np.zeros((1, 1), bool))
     out = cluster_movie(one, LAST, MatchConfig(), ClusterConfig(), LastBlock(trunk[:3], tail))
     assert out.cluster_of_track.tolist() == [0]

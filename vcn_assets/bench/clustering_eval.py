@@ -82,7 +82,7 @@ class MethodRun:
     labels: NDArray[np.int64]
     seconds: dict[str, float]
     suggestions: MergeSuggestions | None = None  # vcn's Stage 4 merge suggestions
-    round_matches: list[SoftMatches] | None = None  # vcn's Stage 3 matches, one entry per round
+    round_matches: list[SoftMatches] | None = None  # vcn's Stage 3 matches (member 0), one entry per round
 
 
 # ---------------------------------------------------------------- inputs
@@ -149,7 +149,7 @@ def _vcn(data: ClusterData, cfgs: MethodConfigs, rounds: int | None) -> MethodRu
         raise ValueError("train_last_block: the case's crops were not re-read for the last block")
     out = cluster_movie(data.inputs, ft, cfgs.match, cfgs.cluster, data.last_block if ft.train_last_block else None)
     return MethodRun(out.cluster_of_track[data.inputs.valid_index], dict(out.seconds), out.suggestions,
-                     out.finetune.round_matches)
+                     out.members[0].round_matches)
 
 
 Baseline = Callable[[ClusterData], NDArray[np.int64]]

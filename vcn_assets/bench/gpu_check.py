@@ -106,12 +106,12 @@ def _stage2_to_4(n_tracks: int, crops: int, device: str) -> tuple[dict[str, Any]
 
     inputs, truth = synthetic_inputs(n_tracks, load_shape(None), crops)
     t0 = time.perf_counter()
-    result = adapt(inputs, FinetuneConfig(device=device), MatchConfig())
+    members = adapt(inputs, FinetuneConfig(device=device), MatchConfig())
     t1 = time.perf_counter()
-    labels = final_clusters(inputs, result, ClusterConfig()).cluster_of_track[inputs.valid_index]
+    labels = final_clusters(inputs, members, ClusterConfig()).cluster_of_track[inputs.valid_index]
     t2 = time.perf_counter()
     return {"finetune_and_match_s": round(t1 - t0, 2), "cluster_s": round(t2 - t1, 2),
-            "soft_matches_per_round": [len(m) for m in result.round_matches], "n_clusters": int(labels.max() + 1),
+            "soft_matches_per_round": [[len(m) for m in ft.round_matches] for ft in members], "n_clusters": int(labels.max() + 1),
             "nmi_vs_synthetic_truth": round(float(nmi(truth, labels)), 4)}, labels
 
 

@@ -94,14 +94,14 @@ def _measure(movie: str, backend: str, stages: str, out: multiprocessing.Queue, 
         inputs = ClusterInputs.from_stage1(r.tracks.status, np.asarray(crop_row, np.int64), r.crops.views, co)
         t0 = time.perf_counter()
         ft_cfg = FinetuneConfig(device=device)
-        ft = adapt(inputs, ft_cfg, MatchConfig())
+        members = adapt(inputs, ft_cfg, MatchConfig())
         peaks["stages1_3"] = _peak_mb()
         t1 = time.perf_counter()
-        final = final_clusters(inputs, ft, ClusterConfig())
+        final = final_clusters(inputs, members, ClusterConfig())
         peaks["stages1_4"] = _peak_mb()
         report["seconds"] |= {"finetune_and_match": round(t1 - t0, 2),
                               "cluster": round(time.perf_counter() - t1, 2)}
-        report["finetune_steps"] = ft_cfg.rounds * ft_cfg.steps_per_round
+        report["finetune_steps"] = ft_cfg.members * ft_cfg.rounds * ft_cfg.steps_per_round
         report["n_clusters"] = int(final.cluster_of_track.max() + 1)
         report["stage2_4_s"] = round(time.perf_counter() - t0, 2)
     report["peak_rss_mb"] = _peak_mb()

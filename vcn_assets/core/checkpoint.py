@@ -2,11 +2,13 @@
 
 Usage::
 
-    sha = save_checkpoint(path, result, in_dim=128, cfg=FinetuneConfig())
-    result = load_checkpoint(path, in_dim=128)       # CheckpointError on a corrupt / mismatched file
+    sha = save_checkpoint(path, members, in_dim=128, cfg=FinetuneConfig())
+    members = load_checkpoint(path, in_dim=128)      # CheckpointError on a corrupt / mismatched file
 
-The file holds the student, the teacher, the loss centre, every round's soft matches, and as
-metadata the config, loss curve and round statistics. With ``train_last_block`` it also holds the
+The file holds, for each finetuned member (``FinetuneConfig.members``; tensors named ``member<k>.``),
+the student, the teacher, the loss centre and every round's soft matches, and as metadata the
+config and each member's loss curve and round statistics. A file of the earlier format
+(``vcn-adapt-1``, one student, no prefix) reads as one member. With ``train_last_block`` it also holds the
 trained last backbone block of each network and the crops' backbone views through them (what
 Stages 3-4 read: they cannot recompute them without re-reading the movie). It is written to a temporary file and
 renamed, so a reader never sees half a checkpoint; a failed write removes the temporary file, and a
@@ -29,7 +31,8 @@ from vcn_assets.core.files import is_disk_full
 from vcn_assets.core.finetune import FinetuneResult
 from vcn_assets.core.soft_match import SoftMatches
 
-FORMAT = "vcn-adapt-1"
+FORMAT = "vcn-adapt-2"
+SINGLE = "vcn-adapt-1"  # the format before members: one student's tensors without a prefix
 
 
 class CheckpointError(ValueError):
@@ -66,16 +69,19 @@ def _recorded_config(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k != "device"}
 
 
-def save_checkpoint(path: Path, result: FinetuneResult, in_dim: int, cfg: FinetuneConfig) -> str:
+def save_checkpoint(path: Path, members: list[FinetuneResult], in_dim: int, cfg: FinetuneConfig) -> str:
     """Write atomically; returns the checkpoint's content hash (:func:`content_digest`)."""
     from dataclasses import asdict
 
     from safetensors.torch import save_file
 
+    if len(members) != cfg.members:
+        raise ValueError(f"{len(members)} finetuned members given, the config asks for {cfg.members}")
     meta = {"format": FORMAT, "in_dim": str(in_dim), "config": json.dumps(_recorded_config(asdict(cfg))),
-            "rounds": json.dumps(result.rounds), "losses": json.dumps([round(x, 5) for x in result.losses])}
+            "rounds": json.dumps([m.rounds for m in members]),
+            "losses": json.dumps([[round(x, 5) for x in m.losses] for m in members])}
     tmp = path.with_name(path.name + ".tmp")
-    tensors = _tensors(result)
+    tensors = {f"member{k}.{name}": v for k, m in enumerate(members) for name, v in _tensors(m).items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(tensors, str(tmp), metadata=meta)
@@ -109,7 +115,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except Exception as exc:  # safetensors raises several error types for damaged files
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({exc})") from exc
-    if meta.get("format") != FORMAT:
+    if meta.get("format") not in (FORMAT, SINGLE):
         raise CheckpointError(f"{path}: unknown checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
     return tensors, meta
 
@@ -120,12 +126,28 @@ def checkpoint_digest(path: Path) -> str:
     return content_digest(*_read(path))
 
 
-def load_checkpoint(path: Path, in_dim: int) -> FinetuneResult:
-    """Rebuild the networks, centre and round matches; errors name the file and the mismatch."""
+def load_checkpoint(path: Path, in_dim: int) -> list[FinetuneResult]:
+    """Rebuild each member's networks, centre and round matches; errors name the file and the mismatch."""
     tensors, meta = _read(path)
     if int(meta["in_dim"]) != in_dim:
         raise CheckpointError(f"{path}: made for {meta['in_dim']}-d embeddings, these are {in_dim}-d")
-    cfg = FinetuneConfig(**json.loads(meta["config"]))
+    config = json.loads(meta["config"])
+    if meta["format"] == SINGLE:
+        config["members"] = 1
+        rounds, losses, prefixes = [json.loads(meta["rounds"])], [json.loads(meta["losses"])], [""]
+    else:
+        rounds, losses = json.loads(meta["rounds"]), json.loads(meta["losses"])
+        prefixes = [f"member{k}." for k in range(len(rounds))]
+    cfg = FinetuneConfig(**config)
+    if len(prefixes) != cfg.members or any(not any(k.startswith(p) for k in tensors) for p in prefixes):
+        raise CheckpointError(f"{path}: its config asks for {cfg.members} finetuned members, the file holds "
+                              f"{sum(any(k.startswith(p) for k in tensors) for p in prefixes)}")
+    return [_member(path, {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}, in_dim, cfg, r, loss)
+            for p, r, loss in zip(prefixes, rounds, losses, strict=True)]
+
+
+def _member(path: Path, tensors: dict[str, torch.Tensor], in_dim: int, cfg: FinetuneConfig, rounds: list[dict],
+            losses: list[float]) -> FinetuneResult:
     nets = []
     for prefix in ("student.", "teacher."):
         net = AdaptNet(in_dim, cfg)
@@ -137,9 +159,8 @@ def load_checkpoint(path: Path, in_dim: int) -> FinetuneResult:
         nets.append(net.eval().requires_grad_(False))
     loss_fn = DINOLoss(cfg.out_dim, cfg)
     loss_fn.center.copy_(tensors["loss.center"])
-    rounds = json.loads(meta["rounds"])
     matches = [_matches(tensors, r) for r in range(1, len(rounds) + 1)]
-    result = FinetuneResult(nets[0], nets[1], loss_fn, json.loads(meta["losses"]), rounds, matches)
+    result = FinetuneResult(nets[0], nets[1], loss_fn, losses, rounds, matches)
     if ("tail_views.student" in tensors) != cfg.train_last_block:
         raise CheckpointError(f"{path}: train_last_block is {cfg.train_last_block} in its config but the file "
                               f"{'lacks' if cfg.train_last_block else 'has'} the block's views")

@@ -4,6 +4,7 @@ Usage::
 
     labels, n_iter = cluster_tracks(crops_terms, track_terms, crop_track, cannot_link, ClusterConfig())
     hints = merge_suggestions(crops_terms, track_terms, crop_track, labels, cannot_link, ClusterConfig())
+    labels = consensus([labels_a, labels_b, labels_c], cannot_link, ClusterConfig())   # several students' clusterings
 
 The metric between items i and j is the symmetrised DINO loss ``-(P_i . logS_j + P_j . logS_i) / 2``
 (P: teacher probabilities, logS: student log-probabilities). Because it is bilinear, the mean over
@@ -16,15 +17,21 @@ cross pairs of their items (crops for a single-track cluster, track means otherw
 matches when its score is below either threshold. Matches are merged transitively, cheapest
 first, skipping any merge that would put two tracks sharing a frame in one cluster. Iterations
 repeat until nothing changes.
+
+With several students (``FinetuneConfig.members``) each clusters on its own metric and
+:func:`consensus` keeps together what a majority of them did; merge suggestions then use the
+members' mean metric (:func:`mean_metric`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
+from scipy.sparse.csgraph import connected_components
 
 from vcn_assets.core.config import ClusterConfig
 
@@ -162,6 +169,37 @@ def cluster_tracks(crops: MetricTerms, tracks: MetricTerms, crop_track: NDArray[
             return labels, it
         labels = merged[labels]
     return labels, cfg.max_iterations
+
+
+def mean_metric(members: Sequence[MetricTerms]) -> MetricTerms:
+    """Terms whose loss is the mean of the members' losses: the loss is bilinear, so the members'
+    ``p`` (divided by their number) and ``logs`` side by side give exactly that mean."""
+    return MetricTerms(np.concatenate([m.p for m in members], 1) / len(members),
+                       np.concatenate([m.logs for m in members], 1))
+
+
+def consensus(member_labels: Sequence[NDArray[np.int64]], cannot_link: sp.spmatrix | NDArray[np.bool_] | None,
+              cfg: ClusterConfig, user: Constraints | None = None) -> NDArray[np.int64]:
+    """One clustering from several of the same tracks: tracks that more than half of them put together
+    are joined, transitively; where that would put a blocked pair (tracks sharing a frame, a reviewer's
+    cannot-link) in one cluster, the pairs of that group are joined strongest agreement first, skipping
+    blocked merges. One clustering is returned as it is."""
+    if len(member_labels) == 1:
+        return member_labels[0]
+    together = np.zeros((len(member_labels[0]),) * 2, np.int16)
+    for labels in member_labels:
+        together += labels[:, None] == labels[None, :]
+    match = 2 * together > len(member_labels)
+    comp = connected_components(sp.csr_matrix(match), directed=False)[1]
+    rows, cols = _blocked_tracks(cannot_link, cfg, user or Constraints.none(len(comp)))
+    bad = np.unique(comp[rows][comp[rows] == comp[cols]])
+    if len(bad):
+        idx = np.flatnonzero(np.isin(comp, bad))
+        blocked = np.zeros((len(comp),) * 2, bool)
+        blocked[rows, cols] = blocked[cols, rows] = True
+        sub = np.ix_(idx, idx)
+        comp[idx] = comp.max() + 1 + _merge(-together[sub].astype(np.float64), match[sub], blocked[sub])
+    return np.unique(comp, return_inverse=True)[1].astype(np.int64)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Usage::
     result = finetune(data, FinetuneConfig(), MatchConfig())
     result.student, result.teacher, result.loss_fn       # for Stage 4's learnt metric
     result.round_matches[-1]                             # the last round's soft matches
+    members = finetune_members(data, cfg, MatchConfig()) # cfg.members such runs, seeds seed, seed+1, ...
 
 Round r trains for ``steps_per_round`` steps on pairs of crops of one track (temporal positives);
 from round 2 a pair's second crop comes, with probability ``match_prob``, from a track that the
@@ -30,7 +31,7 @@ import logging
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
@@ -220,6 +221,24 @@ def finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
         with _single_thread():
             return _finetune(data, cfg, match_cfg, progress, None)
     return _finetune(data, cfg, match_cfg, progress, tail)  # convolutions: intra-op threads pay off
+
+
+def finetune_members(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,
+                     progress: Progress | None = None, tail: torch.nn.Module | None = None) -> list[FinetuneResult]:
+    """``cfg.members`` independent :func:`finetune` runs at seeds ``cfg.seed``, ``cfg.seed + 1``, ...
+    (the first is exactly ``finetune(data, cfg, ...)``); ``progress`` counts the steps of all of them."""
+    if cfg.members < 1:
+        raise ValueError(f"members must be at least 1, got {cfg.members}")
+    steps = cfg.rounds * cfg.steps_per_round if data.n_tracks else 0
+    counter = ProgressCounter(cfg.members * steps, progress)
+    out = []
+    for k in range(cfg.members):
+        def part(done: int, _total: int, k: int = k) -> None:
+            counter.update(k * steps + done)
+
+        out.append(finetune(data, replace(cfg, seed=cfg.seed + k), match_cfg, part, tail))
+    counter.finish()
+    return out
 
 
 def _finetune(data: TrainingSet, cfg: FinetuneConfig, match_cfg: MatchConfig,

@@ -5,11 +5,12 @@ Usage::
     inputs = ClusterInputs.from_stage1(track_ids, status, crop_track_id, views, frame_of_box, track_of_box)
     out = cluster_movie(inputs, FinetuneConfig(), MatchConfig(), ClusterConfig())
     out.cluster_of_track          # (T_all,) cluster id per track, -1 for tracks excluded (unknown / no crops)
+    out.members                   # the FinetuneConfig.members finetuned students (one FinetuneResult each)
 
     # with a reviewer's corrections (core/corrections.py) resolved to track rows:
     status = corrected_status(status, resolved)
     inputs = ClusterInputs.from_stage1(status, ...)
-    final = final_clusters(inputs, ft, ClusterConfig(), constraints_for(inputs, resolved))
+    final = final_clusters(inputs, members, ClusterConfig(), constraints_for(inputs, resolved))
 
 Only ``valid`` tracks are finetuned on and clustered; the others keep cluster -1.
 """
@@ -31,6 +32,8 @@ from vcn_assets.core.clustering import (
     MergeSuggestions,
     MetricTerms,
     cluster_tracks,
+    consensus,
+    mean_metric,
     merge_suggestions,
 )
 from vcn_assets.core.config import ClusterConfig, FinetuneConfig, MatchConfig
@@ -41,7 +44,7 @@ from vcn_assets.core.video import VideoInfo
 from vcn_assets.models.base import FaceModels
 
 NOT_FACE = "not_face"  # status of a track the reviewer marked as not a face
-from vcn_assets.core.finetune import FinetuneResult, TrainingSet, finetune
+from vcn_assets.core.finetune import FinetuneResult, TrainingSet, finetune_members
 from vcn_assets.core.progress import Progress
 
 
@@ -86,7 +89,7 @@ class ClusterInputs:
 @dataclass(frozen=True)
 class ClusterOutput:
     cluster_of_track: NDArray[np.int64]
-    finetune: FinetuneResult
+    members: list[FinetuneResult]
     n_iterations: int
     seconds: dict[str, float]
     suggestions: MergeSuggestions
@@ -130,11 +133,12 @@ def last_block_inputs(info: VideoInfo, boxes: TrackBoxes, crop_track_id: NDArray
 
 
 def adapt(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: MatchConfig,
-          progress: Progress | None = None, last_block: LastBlock | None = None) -> FinetuneResult:
-    """Stages 2 and 3: all finetune -> soft-match rounds on the valid tracks."""
+          progress: Progress | None = None, last_block: LastBlock | None = None) -> list[FinetuneResult]:
+    """Stages 2 and 3: all finetune -> soft-match rounds on the valid tracks, for each of
+    ``ft_cfg.members`` students."""
     trunk = last_block.trunk if last_block is not None else None
     data = TrainingSet.build(inputs.views, inputs.crop_track, len(inputs.valid_index), inputs.cannot_link, trunk)
-    return finetune(data, ft_cfg, match_cfg, progress=progress, tail=last_block.tail if last_block is not None else None)
+    return finetune_members(data, ft_cfg, match_cfg, progress, last_block.tail if last_block is not None else None)
 
 
 def corrected_status(status: NDArray[np.str_], resolved: Resolved) -> NDArray[np.str_]:
@@ -162,24 +166,34 @@ class FinalClusters:
     suggestions: MergeSuggestions
 
 
-def final_clusters(inputs: ClusterInputs, ft: FinetuneResult, cl_cfg: ClusterConfig,
+def final_clusters(inputs: ClusterInputs, members: list[FinetuneResult], cl_cfg: ClusterConfig,
                    user: Constraints | None = None, n_suggestions: int = 3) -> FinalClusters:
-    """Stage 4: cluster id per track (all tracks; -1 for excluded ones), the iterations run, and
-    each cluster's nearest other clusters."""
+    """Stage 4: cluster id per track (all tracks; -1 for excluded ones), the iterations run (the most
+    any member needed), and each cluster's nearest other clusters. Each finetuned member clusters with
+    its own metric; the result is their :func:`consensus`, and the suggestions use their mean metric."""
     n = len(inputs.valid_index)
     out = np.full(inputs.n_all, -1, np.int64)
     if n == 0:
         return FinalClusters(out, 0, merge_suggestions(*_no_terms(), np.zeros(0, np.int64), None, cl_cfg))
+    terms = [_stage4_terms(inputs, ft, cl_cfg) for ft in members]
+    crop_track = np.repeat(inputs.crop_track, len(terms[0][0].p) // max(len(inputs.crop_track), 1))
+    runs = [cluster_tracks(crops, tracks, crop_track, inputs.cannot_link, cl_cfg, user) for crops, tracks in terms]
+    labels = consensus([labels for labels, _ in runs], inputs.cannot_link, cl_cfg, user)
+    crops, tracks = (mean_metric([t[i] for t in terms]) for i in (0, 1))
+    hints = merge_suggestions(crops, tracks, crop_track, labels, inputs.cannot_link, cl_cfg, user, n_suggestions)
+    out[inputs.valid_index] = labels
+    return FinalClusters(out, max(it for _, it in runs), hints)
+
+
+def _stage4_terms(inputs: ClusterInputs, ft: FinetuneResult, cl_cfg: ClusterConfig) -> tuple[MetricTerms, MetricTerms]:
+    """One member's learnt-metric terms of the crops (each view a crop when ``use_views``) and of the
+    track means."""
     student_views, teacher_views = ft.backbone_views(inputs.views)
     used = slice(None) if cl_cfg.use_views else slice(0, 1)
     flat_t, flat_s = (v[:, used].reshape(-1, v.shape[2]) for v in (teacher_views, student_views))
-    crops = metric_terms(ft, flat_t, flat_s)
-    crop_track = np.repeat(inputs.crop_track, flat_s.shape[0] // max(len(inputs.crop_track), 1))
+    n = len(inputs.valid_index)
     tracks = metric_terms(ft, *(track_mean_inputs(v, inputs.crop_track, n) for v in (teacher_views, student_views)))
-    labels, n_iter = cluster_tracks(crops, tracks, crop_track, inputs.cannot_link, cl_cfg, user)
-    hints = merge_suggestions(crops, tracks, crop_track, labels, inputs.cannot_link, cl_cfg, user, n_suggestions)
-    out[inputs.valid_index] = labels
-    return FinalClusters(out, n_iter, hints)
+    return metric_terms(ft, flat_t, flat_s), tracks
 
 
 def _no_terms() -> tuple[MetricTerms, MetricTerms, NDArray[np.int64]]:
@@ -196,8 +210,8 @@ def cluster_movie(inputs: ClusterInputs, ft_cfg: FinetuneConfig, match_cfg: Matc
                   cl_cfg: ClusterConfig, last_block: LastBlock | None = None) -> ClusterOutput:
     """Stages 2-4 in one call (what the three assets do in sequence)."""
     t0 = time.perf_counter()
-    ft = adapt(inputs, ft_cfg, match_cfg, last_block=last_block)
+    members = adapt(inputs, ft_cfg, match_cfg, last_block=last_block)
     t1 = time.perf_counter()
-    final = final_clusters(inputs, ft, cl_cfg)
+    final = final_clusters(inputs, members, cl_cfg)
     seconds = {"finetune_and_match": t1 - t0, "cluster": time.perf_counter() - t1}
-    return ClusterOutput(final.cluster_of_track, ft, final.n_iterations, seconds, final.suggestions)
+    return ClusterOutput(final.cluster_of_track, members, final.n_iterations, seconds, final.suggestions)

@@ -29,8 +29,8 @@ from dagster._core.definitions.data_version import DATA_VERSION_TAG  # the tag D
 from vcn_assets.orchestration.resources import VcnResource
 
 CODE_VERSIONS = {
-    "shots": "shots-2", "tracks": "tracks-2", "crops": "crops-2", "finetuned_checkpoint": "finetune-2",
-    "soft_matches": "match-2", "clusters": "cluster-2", "evaluation": "evaluation-1",
+    "shots": "shots-2", "tracks": "tracks-2", "crops": "crops-2", "finetuned_checkpoint": "finetune-3",
+    "soft_matches": "match-3", "clusters": "cluster-3", "evaluation": "evaluation-1",
 }
 
 

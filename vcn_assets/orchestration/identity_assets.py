@@ -93,12 +93,12 @@ def _inputs(vcn: VcnResource, key: str, corrections: Corrections | None = None) 
     return MovieInputs(inputs, t.track_ids, t.status, score, crops_df, t.resolved)
 
 
-def _save_checkpoint(vcn: VcnResource, key: str, result, in_dim: int, cfg: FinetuneConfig) -> tuple[Path, str]:
+def _save_checkpoint(vcn: VcnResource, key: str, members: list, in_dim: int, cfg: FinetuneConfig) -> tuple[Path, str]:
     """Write the checkpoint under a content-addressed name (``<key>-<digest>.safetensors``), so the
     path stored in DuckDB always names exactly the weights it was recorded with."""
     pending = _pending(vcn, key)
     try:
-        digest = save_checkpoint(pending, result, in_dim, cfg)
+        digest = save_checkpoint(pending, members, in_dim, cfg)
         path = pending.with_name(f"{key}-{digest[:16]}.safetensors")
         pending.replace(path)
     finally:
@@ -136,16 +136,19 @@ def stored_checkpoint(vcn: VcnResource, key: str) -> Path:
     return Path(df["path"][0])
 
 
-def _checkpoint_frames(key: str, path: Path, digest: str, inputs: ClusterInputs, result, cfg: FinetuneConfig):
+def _checkpoint_frames(key: str, path: Path, digest: str, inputs: ClusterInputs, members: list, cfg: FinetuneConfig):
     per_round = max(cfg.steps_per_round, 1)
-    steps = np.arange(len(result.losses))
+    steps = [np.arange(len(m.losses)) for m in members]
+    step = np.concatenate(steps).astype(np.int32)
     return {
         "checkpoints": pl.DataFrame({"movie_key": [key], "path": [str(path)], "sha256": [digest],
                                      "n_tracks": [len(inputs.valid_index)], "n_crops": [len(inputs.views)],
-                                     "rounds": [json.dumps(result.rounds)]}),
-        "finetune_loss": pl.DataFrame({"movie_key": [key] * len(steps), "step": steps.astype(np.int32),
-                                       "round": (steps // per_round + 1).astype(np.int32),
-                                       "loss": np.asarray(result.losses, np.float32)}),
+                                     "rounds": [json.dumps([m.rounds for m in members])]}),
+        "finetune_loss": pl.DataFrame({"movie_key": [key] * len(step), "step": step,
+                                       "round": (step // per_round + 1).astype(np.int32),
+                                       "loss": np.concatenate([np.asarray(m.losses, np.float32) for m in members]),
+                                       "member": np.repeat(np.arange(len(members)), [len(s) for s in steps]).astype(np.int32)},
+                                      schema_overrides={"loss": pl.Float32}),
     }
 
 
@@ -160,14 +163,15 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
         m = _inputs(vcn, key)
         inputs = m.inputs
         last_block = _last_block(context, vcn, key, m, cfg) if cfg.train_last_block else None
-        result = adapt(inputs, cfg, MatchConfig(), progress=step_progress(context, "finetune", "steps"),
-                       last_block=last_block)
-        path, digest = _save_checkpoint(vcn, key, result, inputs.views.shape[2], cfg)
-        frames = _checkpoint_frames(key, path, digest, inputs, result, cfg)
+        members = adapt(inputs, cfg, MatchConfig(), progress=step_progress(context, "finetune", "steps"),
+                        last_block=last_block)
+        path, digest = _save_checkpoint(vcn, key, members, inputs.views.shape[2], cfg)
+        frames = _checkpoint_frames(key, path, digest, inputs, members, cfg)
         return Computed(frames, {
-            "path": dg.MetadataValue.path(str(path)), "sha256": digest, "rounds": result.rounds,
-            "loss_first": result.losses[0] if result.losses else None,
-            "loss_last": result.losses[-1] if result.losses else None,
+            "path": dg.MetadataValue.path(str(path)), "sha256": digest, "members": len(members),
+            "rounds": [m.rounds for m in members],
+            "loss_first": [m.losses[0] if m.losses else None for m in members],
+            "loss_last": [m.losses[-1] if m.losses else None for m in members],
             "backbone_last_block": _block_description(last_block),
         }, digest[:16])
 
@@ -182,9 +186,10 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
         stage = Stage("finetuned_checkpoint", {"finetune": describe(cfg), "match": describe(MatchConfig())},
                       vcn.model_identity() if cfg.train_last_block else {}, ("crops",))
         result = materialize_stage(context, vcn, stage, compute, still_valid=file_present)
-        losses = vcn.store().read("finetune_loss", key)
+        losses = vcn.store().read("finetune_loss", key).filter(pl.col("member").fill_null(0) == 0)
         png = loss_curve(losses["loss"].to_numpy() if losses.height else [], cfg.steps_per_round)
-        return with_metadata(result, {"loss_curve": dg.MetadataValue.md(markdown_image(png, "finetuning loss"))})
+        return with_metadata(result, {"loss_curve": dg.MetadataValue.md(
+            markdown_image(png, "finetuning loss (member 0; every member's is in the finetune_loss table)"))})
 
 
 @dg.asset(partitions_def=MOVIES, group_name=STAGE3, deps=[finetuned_checkpoint], code_version=CODE_VERSIONS["soft_matches"],
@@ -196,16 +201,19 @@ def soft_matches(context: dg.AssetExecutionContext, config: MatchRun, vcn: VcnRe
 
     def compute() -> Computed:
         inputs, track_ids, *_ = _inputs(vcn, key)
-        ft = load_checkpoint(stored_checkpoint(vcn, key), inputs.views.shape[2])
-        samples, sample_track = flatten_views(ft.backbone_views(inputs.views)[0], inputs.crop_track, cfg.use_views)
-        emb = student_embeddings(ft.student, samples)
-        final = soft_match(emb, sample_track, len(inputs.valid_index), inputs.cannot_link, cfg)
-        rounds = [(r, m) for r, m in enumerate(ft.round_matches, start=1)] + [(0, final)]
+        members = load_checkpoint(stored_checkpoint(vcn, key), inputs.views.shape[2])
+        rounds, finals = [], []
+        for k, ft in enumerate(members):
+            samples, sample_track = flatten_views(ft.backbone_views(inputs.views)[0], inputs.crop_track, cfg.use_views)
+            emb = student_embeddings(ft.student, samples)
+            finals.append(soft_match(emb, sample_track, len(inputs.valid_index), inputs.cannot_link, cfg))
+            rounds += [(k, r, m) for r, m in enumerate(ft.round_matches, start=1)] + [(k, 0, finals[-1])]
         frames = {"soft_matches": tables.matches_frame(key, rounds, track_ids[inputs.valid_index])}
         return Computed(frames, {
-            "n_matches_final": len(final), "n_matches_per_round": [len(m) for m in ft.round_matches],
-            "n_mutual_neighbour_matches_final": int((~final.by_normal).sum()),
-            "round_0_is": "final student",
+            "members": len(members), "n_matches_final": [len(f) for f in finals],
+            "n_matches_per_round": [[len(m) for m in ft.round_matches] for ft in members],
+            "n_mutual_neighbour_matches_final": [int((~f.by_normal).sum()) for f in finals],
+            "round_0_is": "final student (one list entry per member)",
         }, tables.data_version(frames))
 
     with user_errors():
@@ -229,8 +237,8 @@ def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnReso
 
     def compute() -> Computed:
         m = _inputs(vcn, key, corrections)
-        ft = load_checkpoint(stored_checkpoint(vcn, key), m.inputs.views.shape[2])
-        final = final_clusters(m.inputs, ft, cfg, constraints_for(m.inputs, m.resolved))
+        members = load_checkpoint(stored_checkpoint(vcn, key), m.inputs.views.shape[2])
+        final = final_clusters(m.inputs, members, cfg, constraints_for(m.inputs, m.resolved))
         crops_df = m.crops.select("crop_id", "track_id", "jpeg").with_columns(
             pl.Series("score", m.score, dtype=pl.Float32))
         names = cluster_names(final.cluster_of_track, m.resolved)
@@ -239,7 +247,7 @@ def clusters(context: dg.AssetExecutionContext, config: ClusterRun, vcn: VcnReso
         sizes = frames["cluster_summary"]["n_tracks"].to_list()
         return Computed(frames, {
             "cast_timeline": _cast_picture(vcn, key, frames["clusters"]),
-            "embedding_plot": _embedding_picture(ft, m.inputs, final.cluster_of_track, names),
+            "embedding_plot": _embedding_picture(members[0], m.inputs, final.cluster_of_track, names),
             "contact_sheet": _sheet_markdown(frames["clusters"], crops_df),
             "merge_suggestions": _suggestions_markdown(frames["merge_suggestions"], names),
             "n_clusters": len(sizes), "largest_clusters": sorted(sizes, reverse=True)[:10],
@@ -298,7 +306,7 @@ SHEET_CLUSTERS = 24  # rows shown in the UI; metadata stays small (a 56 px thumb
 
 
 def _embedding_picture(ft, inputs: ClusterInputs, cluster_of_track: np.ndarray, names: dict[int, str]):
-    """Valid tracks' mean student embeddings in 2-D, coloured by cluster (the paper's Fig. 4)."""
+    """Valid tracks' mean student embeddings (of member 0) in 2-D, coloured by cluster (the paper's Fig. 4)."""
     n = len(inputs.valid_index)
     views = ft.backbone_views(inputs.views)[0]
     emb = student_embeddings(ft.student, track_mean_inputs(views, inputs.crop_track, n)) if n else np.zeros((0, 2))

@@ -49,11 +49,12 @@ SCHEMA: dict[str, str] = {
         status VARCHAR, rep_crop_id INTEGER""",
     "checkpoints": """movie_key VARCHAR, path VARCHAR, sha256 VARCHAR, n_tracks INTEGER, n_crops INTEGER,
         rounds VARCHAR""",
-    "finetune_loss": "movie_key VARCHAR, step INTEGER, round INTEGER, loss FLOAT",
+    # member: which finetuned student (FinetuneConfig.members; 0 = the one trained at the config's seed)
+    "finetune_loss": "movie_key VARCHAR, step INTEGER, round INTEGER, loss FLOAT, member INTEGER",
     # rule: "normal" (the paper's: matched_track's mean inside track's Normal, log_pdf > threshold) or
     # "mutual_neighbours" (each in the other's set of nearest tracks, MatchConfig.max_neighbours)
     "soft_matches": """movie_key VARCHAR, round INTEGER, track_id INTEGER, matched_track_id INTEGER,
-        log_pdf DOUBLE, threshold DOUBLE, rule VARCHAR""",
+        log_pdf DOUBLE, threshold DOUBLE, rule VARCHAR, member INTEGER""",
     # status: valid / unknown (quality outlier) / no_crops / not_face (a user correction); name: the
     # user's name for the track's cluster (from the corrections file), NULL when unnamed.
     "clusters": "movie_key VARCHAR, track_id INTEGER, cluster_id INTEGER, status VARCHAR, name VARCHAR",
@@ -82,8 +83,8 @@ ORDER_BY: dict[str, str] = {
     "crops": "crop_id",
     "track_quality": "track_id",
     "checkpoints": "movie_key",
-    "finetune_loss": "step",
-    "soft_matches": "round, track_id, matched_track_id",
+    "finetune_loss": "member, step",
+    "soft_matches": "member, round, track_id, matched_track_id",
     "clusters": "track_id",
     "cluster_summary": "cluster_id",
     "merge_suggestions": "cluster_id, rank",

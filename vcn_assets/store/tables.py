@@ -163,19 +163,19 @@ def crops_arrays(df: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def matches_frame(movie_key: str, rounds: list, track_ids: np.ndarray) -> pl.DataFrame:
-    """Soft matches of every round; ``rounds`` = [(round, SoftMatches over valid-track indices)]."""
+    """Soft matches of every round; ``rounds`` = [(member, round, SoftMatches over valid-track indices)]."""
     parts = []
-    for r, m in rounds:
+    for member, r, m in rounds:
         parts.append(pl.DataFrame({
             "movie_key": [movie_key] * len(m), "round": np.full(len(m), r, np.int32),
             "track_id": track_ids[m.track_a].astype(np.int32),
             "matched_track_id": track_ids[m.track_b].astype(np.int32),
             "log_pdf": m.log_pdf, "threshold": m.threshold,
-            "rule": np.where(m.by_normal, "normal", "mutual_neighbours"),
+            "rule": np.where(m.by_normal, "normal", "mutual_neighbours"), "member": np.full(len(m), member, np.int32),
         }))
     return pl.concat(parts) if parts else pl.DataFrame(schema={
         "movie_key": pl.String, "round": pl.Int32, "track_id": pl.Int32, "matched_track_id": pl.Int32,
-        "log_pdf": pl.Float64, "threshold": pl.Float64, "rule": pl.String})
+        "log_pdf": pl.Float64, "threshold": pl.Float64, "rule": pl.String, "member": pl.Int32})
 
 
 def suggestions_frame(movie_key: str, s) -> pl.DataFrame:
