@@ -137,7 +137,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         methods = parse_methods(args.methods)
     except ValueError as e:
         raise SystemExit(f"vcn bench: {e}") from e
-    method_cfgs = MethodConfigs(finetune=FinetuneConfig(train_last_block=args.train_last_block))
+    members = FinetuneConfig().members if args.members is None else args.members
+    if members < 1:
+        raise SystemExit(f"vcn bench: --members must be at least 1, got {members}")
+    method_cfgs = MethodConfigs(finetune=FinetuneConfig(train_last_block=args.train_last_block, members=members))
     results = run_bench([Path(c) for c in args.cases], args.json, ModelConfig(backend=args.backend),
                         methods=methods, cache_dir=args.cache, repeat=args.repeat, seeds=args.seeds,
                         method_cfgs=method_cfgs)
@@ -384,6 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, nargs="+", default=None, metavar="S",
                    help="Stage 2 seeds: vcn is scored at the first (methods.vcn) and also run at the others "
                         "(methods.vcn.seeds: each seed's WCP/PCR/B-cubed F, the median and the lowest)")
+    b.add_argument("--members", type=int, default=None, metavar="N",
+                   help="finetuned students whose majority Stage 4 keeps (default: FinetuneConfig.members); "
+                        "with --seeds, seed S trains members at S, S+1, ...")
     b.add_argument("--train-last-block", action="store_true",
                    help="Stage 2 also trains the backbone's last block (FinetuneConfig.train_last_block; "
                         "dlib or insightface backend; each case's movie is re-read for the crops' features)")

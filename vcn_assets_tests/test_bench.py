@@ -117,7 +117,15 @@ def test_cli_bench_parses_methods_and_cache() -> None:
     args = build_parser().parse_args(["bench", "c1", "--methods", "ahc,finch", "--cache", "d"])
     assert args.methods == "ahc,finch" and args.cache == Path("d")
     args = build_parser().parse_args(["bench", "c1"])
-    assert args.methods is None and args.cache is None
+    assert args.methods is None and args.cache is None and args.members is None
+    assert build_parser().parse_args(["bench", "c1", "--members", "1"]).members == 1
+
+
+def test_cli_bench_refuses_fewer_than_one_member() -> None:
+    from vcn_assets.cli import main
+
+    with pytest.raises(SystemExit, match="--members must be at least 1, got 0"):
+        main(["bench", "c1", "--members", "0"])
 
 
 # ---------------------------------------------------------------- whole bench on a synthetic case

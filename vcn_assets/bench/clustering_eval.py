@@ -21,7 +21,8 @@ Every method clusters the same tracks, all ``valid`` ones (unmatched valid track
 run; they are dropped only when scoring):
 
 - ``vcn``: :func:`cluster_movie` with the given Finetune/Match/ClusterConfig (Stages 2-4).
-- ``vcn_no_finetune``: the same with ``rounds=0`` (Stage 4 on the untrained networks).
+- ``vcn_no_finetune``: the same with ``rounds=0`` (Stage 4 on the untrained networks: the consensus of
+  ``members`` randomly initialised ones).
 - ``ahc``, ``hdbscan``, ``chinese_whispers``, ``finch``: :mod:`vcn_assets.core.baselines` at their
   defaults on each track's mean backbone embedding (the mean of its crops' ``Crops.embedding``,
   not normalised: for dlib that is ``views[:, 0]`` in its 128-d Euclidean space); ``ahc`` gets the

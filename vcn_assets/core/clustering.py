@@ -205,7 +205,8 @@ def consensus(member_labels: Sequence[NDArray[np.int64]], cannot_link: sp.spmatr
 @dataclass(frozen=True)
 class MergeSuggestions:
     """For each cluster, its nearest other clusters (rank 1 = nearest) by ``margin`` = cluster-pair
-    score - the larger of the two thresholds (Stage 4 merges when the margin is negative)."""
+    score - the larger of the two thresholds (one student's Stage 4 merges when the margin is negative;
+    with several students these are their mean metric's, and the clusters their majority's)."""
 
     cluster: NDArray[np.int64]
     rank: NDArray[np.int64]

@@ -171,6 +171,8 @@ def final_clusters(inputs: ClusterInputs, members: list[FinetuneResult], cl_cfg:
     """Stage 4: cluster id per track (all tracks; -1 for excluded ones), the iterations run (the most
     any member needed), and each cluster's nearest other clusters. Each finetuned member clusters with
     its own metric; the result is their :func:`consensus`, and the suggestions use their mean metric."""
+    if not members:
+        raise ValueError("final_clusters needs at least one finetuned member")
     n = len(inputs.valid_index)
     out = np.full(inputs.n_all, -1, np.int64)
     if n == 0:

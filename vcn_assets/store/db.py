@@ -62,7 +62,8 @@ SCHEMA: dict[str, str] = {
         rep_crop_id INTEGER, first_frame INTEGER, last_frame INTEGER, name VARCHAR""",
     # For each cluster, the nearest other clusters by the learnt metric (rank 1 = nearest): score is
     # the Stage 4 cluster-pair score, threshold the larger of the two clusters' thresholds; a merge
-    # would have happened had score been below threshold (margin = score - threshold > 0).
+    # would have happened had score been below threshold (margin = score - threshold > 0) with one
+    # student; with several (FinetuneConfig.members) these are their mean metric's figures.
     "merge_suggestions": """movie_key VARCHAR, cluster_id INTEGER, rank INTEGER, other_cluster_id INTEGER,
         score DOUBLE, threshold DOUBLE, margin DOUBLE""",
     # One row per (movie, asset): the fingerprint and data version of the rows now stored. Written in
