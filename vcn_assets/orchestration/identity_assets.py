@@ -188,8 +188,8 @@ def finetuned_checkpoint(context: dg.AssetExecutionContext, config: FinetuneRun,
         result = materialize_stage(context, vcn, stage, compute, still_valid=file_present)
         losses = vcn.store().read("finetune_loss", key).filter(pl.col("member").fill_null(0) == 0)
         png = loss_curve(losses["loss"].to_numpy() if losses.height else [], cfg.steps_per_round)
-        return with_metadata(result, {"loss_curve": dg.MetadataValue.md(
-            markdown_image(png, "finetuning loss (member 0; every member's is in the finetune_loss table)"))})
+        # the first student's curve (each member's is in the finetune_loss table)
+        return with_metadata(result, {"loss_curve": dg.MetadataValue.md(markdown_image(png, "finetuning loss"))})
 
 
 @dg.asset(partitions_def=MOVIES, group_name=STAGE3, deps=[finetuned_checkpoint], code_version=CODE_VERSIONS["soft_matches"],
