@@ -225,9 +225,9 @@ class FinetuneConfig:
         "...; Stage 4 clusters with each and keeps together the tracks that a majority of them put "
         "together (never two tracks sharing a frame). One student's result depends on its seed: on 12 "
         "held-out cases, 2 of 60 single-seed runs (seeds 0-4) merged two people and lfw10_episode scored "
-        "B-cubed F 0.977 at seed 0 but 1.000 at seeds 1-4; majorities of 3 seeds (5 triples) merged no "
-        "one, scored 1.000 on lfw10_episode at every triple and a held-out mean of 0.970-0.972 (the same "
-        "seeds alone: 0.965-0.969). Costs members x the finetuning time. 1 = one student (the paper).",
+        "B-cubed F 0.977 at seed 0 but 1.000 at seeds 1-4; majorities of 3 (all 10 triples of seeds 0-4) "
+        "merged no one, scored 1.000 on lfw10_episode at every triple and a held-out mean of 0.967-0.972 "
+        "(the same seeds alone: 0.964-0.970). Costs members x the finetuning time. 1 = one student (the paper).",
     )
     train_last_block: bool = knob(
         False,
