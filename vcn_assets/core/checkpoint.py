@@ -139,9 +139,9 @@ def load_checkpoint(path: Path, in_dim: int) -> list[FinetuneResult]:
         rounds, losses = json.loads(meta["rounds"]), json.loads(meta["losses"])
         prefixes = [f"member{k}." for k in range(len(rounds))]
     cfg = FinetuneConfig(**config)
-    if len(prefixes) != cfg.members or any(not any(k.startswith(p) for k in tensors) for p in prefixes):
-        raise CheckpointError(f"{path}: its config asks for {cfg.members} finetuned members, the file holds "
-                              f"{sum(any(k.startswith(p) for k in tensors) for p in prefixes)}")
+    held = [p for p in prefixes if any(k.startswith(p) for k in tensors)]
+    if len(held) != cfg.members or len(prefixes) != cfg.members:
+        raise CheckpointError(f"{path}: its config asks for {cfg.members} finetuned members, the file holds {len(held)}")
     return [_member(path, {k[len(p):]: v for k, v in tensors.items() if k.startswith(p)}, in_dim, cfg, r, loss)
             for p, r, loss in zip(prefixes, rounds, losses, strict=True)]
 
